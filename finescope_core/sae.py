@@ -1,0 +1,114 @@
+"""Sparse autoencoder on dumped activations, trained and saved with sae-lens.
+
+The trainer is fed by a data provider that streams the dump's token sample from Parquet (one shard in memory at a
+time), so no HookedTransformer or activation store is involved and the same code reads local or s3:// shards.
+The result is a standard sae-lens folder (``SAE.load_from_disk`` loads it) plus ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from finescope_core import storage
+from finescope_core.activations import layer_rows, vectors
+from finescope_core.config import SAEConfig
+
+EVAL_TOKENS = 20_000
+
+
+def _sae_lens():
+    import sae_lens  # heavy import (about 10 s): only when an SAE is trained or loaded
+
+    return sae_lens
+
+
+def token_batches(shard_uris: list[str], layer: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches of token activations [batch, d_in], streaming one shard at a time."""
+    rng = np.random.default_rng(seed)
+    carry = np.empty((0, 0), dtype=np.float32)
+    while True:
+        for index in rng.permutation(len(shard_uris)):
+            rows = vectors(layer_rows(storage.read_parquet(shard_uris[index]), layer))
+            if not len(rows):
+                continue
+            rows = rows[rng.permutation(len(rows))]
+            carry = rows if carry.size == 0 else np.concatenate([carry, rows])
+            while len(carry) >= batch_size:
+                yield torch.from_numpy(np.ascontiguousarray(carry[:batch_size]))
+                carry = carry[batch_size:]
+
+
+def build_training_sae(d_in: int, cfg: SAEConfig):
+    """An untrained sae-lens SAE of the configured architecture, with input-norm scaling."""
+    sl = _sae_lens()
+    common = dict(d_in=d_in, d_sae=d_in * cfg.expansion, normalize_activations="expected_average_only_in")
+    torch.manual_seed(cfg.seed)
+    if cfg.architecture == "topk":
+        if cfg.k > d_in * cfg.expansion:
+            raise ValueError(f"sae.k={cfg.k} exceeds d_sae={d_in * cfg.expansion}; lower k or raise expansion")
+        return sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(k=cfg.k, **common))
+    return sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, **common))
+
+
+@torch.no_grad()
+def quality(sae, activations: torch.Tensor) -> dict[str, float]:
+    """Fraction of variance unexplained, mean active latents per token, and the share of latents that never fire."""
+    codes = sae.encode(activations)
+    recon = sae.decode(codes)
+    residual = (activations - recon).pow(2).sum()
+    total = (activations - activations.mean(0)).pow(2).sum()
+    active = codes > 0
+    return {
+        "fvu": float(residual / total),
+        "l0": float(active.sum(1).float().mean()),
+        "dead_fraction": float((~active.any(0)).float().mean()),
+        "eval_tokens": int(activations.shape[0]),
+    }
+
+
+def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: str = "cpu") -> dict:
+    """Train an SAE on the token sample of one layer and save it (sae-lens format) under ``out_uri``."""
+    sl = _sae_lens()
+    shards = storage.listdir(sample_uri, ".parquet")
+    if not shards:
+        raise FileNotFoundError(f"no activation sample shards under {sample_uri}; run the activation dump first")
+    first = vectors(layer_rows(storage.read_parquet(shards[0]), layer))
+    if first.size == 0:
+        raise ValueError(f"the activation sample has no tokens of layer {layer}; check dump.layers")
+    d_in = first.shape[1]
+    sae = build_training_sae(d_in, cfg)
+    steps = max(1, cfg.training_tokens // cfg.batch_size)
+    from sae_lens.config import SAETrainerConfig
+
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr,
+        lr_warm_up_steps=min(100, steps // 10),
+        device=device,
+        n_batches_for_norm_estimate=min(50, steps),
+        logger=sl.LoggingConfig(log_to_wandb=False),
+    )
+    provider = token_batches(shards, layer, cfg.batch_size, cfg.seed)
+    trained = sl.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider).fit()
+    eval_acts = torch.from_numpy(np.array(first[:EVAL_TOKENS])).to(device)
+    with storage.staged_directory(out_uri) as scratch:
+        trained.save_inference_model(scratch)
+        inference = sl.SAE.load_from_disk(str(scratch), device=device)
+        metrics = {"layer": layer, "d_in": d_in, "d_sae": d_in * cfg.expansion, "steps": steps,
+                   **quality(inference, eval_acts)}
+        storage.write_json(str(scratch / "metrics.json"), metrics)
+    return metrics
+
+
+def load_sae(uri: str, device: str = "cpu", cache_root: Path | None = None):
+    """An inference SAE from a folder written by ``fit_sae`` (local or remote)."""
+    from finescope_core.models import DEFAULT_CACHE
+
+    folder = storage.fetch_directory(uri, cache_root or DEFAULT_CACHE / "artifacts")
+    return _sae_lens().SAE.load_from_disk(str(folder), device=device)

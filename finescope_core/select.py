@@ -1,0 +1,80 @@
+"""Selection: score every pool document by its best cosine to any seed, keep the top M clean documents.
+
+Scoring is chunked matrix products over L2-normalised embeddings, so memory stays bounded and a million documents
+score in seconds. Walking down the ranking, a document is skipped if it duplicates a kept one (same normalised text,
+or cosine above a threshold) or shares a 13-gram with the eval sets, until the budget is filled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from finescope_core.embed import l2_normalise
+from finescope_core.ngrams import NgramIndex
+
+SCORE_CHUNK = 65_536
+
+
+def max_cosine(docs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """For each document, the highest cosine similarity to any seed (inputs need not be normalised)."""
+    if len(seeds) == 0:
+        raise ValueError("no seed embeddings: the seeds file is empty")
+    seeds = l2_normalise(seeds.astype(np.float32))
+    scores = np.empty(len(docs), np.float32)
+    for start in range(0, len(docs), SCORE_CHUNK):
+        chunk = l2_normalise(docs[start : start + SCORE_CHUNK].astype(np.float32))
+        scores[start : start + SCORE_CHUNK] = (chunk @ seeds.T).max(1)
+    return scores
+
+
+def text_key(text: str) -> str:
+    """Exact-duplicate key: the text with case and whitespace folded."""
+    return hashlib.sha1(re.sub(r"\s+", " ", text.strip().lower()).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Kept rows (indices into the pool, best first), their scores, and why others were skipped."""
+
+    indices: list[int]
+    scores: list[float]
+    skipped: dict[str, int]
+
+
+def select_top(scores: np.ndarray, embeddings: np.ndarray, texts: Sequence[str], budget: int,
+               threshold: float | None = None, near_duplicate_cosine: float = 0.98,
+               contamination: NgramIndex | None = None) -> Selection:
+    """Walk the ranking and keep up to ``budget`` documents that are neither duplicates nor contaminated."""
+    if budget > len(scores):
+        raise ValueError(f"select.budget={budget} is larger than the pool ({len(scores)} documents); lower it")
+    order = np.argsort(-scores, kind="stable")
+    kept: list[int] = []
+    kept_vectors = np.empty((budget, embeddings.shape[1]), np.float32)
+    seen_text: set[str] = set()
+    skipped = {"below_threshold": 0, "exact_duplicate": 0, "near_duplicate": 0, "contaminated": 0}
+    for index in order:
+        if len(kept) == budget:
+            break
+        if threshold is not None and scores[index] < threshold:
+            skipped["below_threshold"] = len(order) - len(kept) - sum(skipped.values())
+            break
+        key = text_key(texts[index])
+        if key in seen_text:
+            skipped["exact_duplicate"] += 1
+            continue
+        vector = l2_normalise(embeddings[index : index + 1].astype(np.float32))[0]
+        if kept and float((kept_vectors[: len(kept)] @ vector).max()) >= near_duplicate_cosine:
+            skipped["near_duplicate"] += 1
+            continue
+        if contamination is not None and contamination.overlaps(texts[index]):
+            skipped["contaminated"] += 1
+            continue
+        seen_text.add(key)
+        kept_vectors[len(kept)] = vector
+        kept.append(int(index))
+    return Selection(kept, [float(scores[i]) for i in kept], skipped)

@@ -1,0 +1,57 @@
+"""Content-addressed stages: equal work lands in the same place and is done once.
+
+A stage's output URI is ``<root>/<name>/<fingerprint>``, where the fingerprint hashes the stage name, its code
+version, its config and the fingerprints of its inputs. Its completion marker is written last, so an interrupted
+stage is redone (or resumed, if the stage itself resumes) and a complete one is returned at once. Orchestrators use
+the same fingerprint as their cache key, so their cache and the storage always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from finescope_core import storage
+
+# Bump a stage's version when its output for the same inputs changes.
+STAGE_VERSIONS = {
+    "corpus": 1, "pool": 1, "seeds": 1, "acts": 1, "sae": 1, "embeddings": 1, "curated": 1,
+    "pruned": 1, "distilled": 1, "recovered": 1, "eval": 1, "report": 1,
+}
+
+
+def stage_fingerprint(name: str, inputs: dict[str, Any], config: BaseModel | dict | None) -> str:
+    """The identity of a piece of work: stage, version, config and input fingerprints."""
+    settings = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    refs = {key: ref["fingerprint"] if isinstance(ref, dict) else ref for key, ref in sorted(inputs.items())}
+    return storage.fingerprint(name, STAGE_VERSIONS[name], settings, refs)
+
+
+def run_stage(root: str, name: str, inputs: dict[str, Any], config: BaseModel | dict | None,
+              work: Callable[[str], dict]) -> dict:
+    """Run ``work(out_uri)`` unless its output is already complete; returns a reference to the output.
+
+    The reference (``uri``, ``fingerprint``, ``info``) is what flows pass between tasks.
+    """
+    fingerprint = stage_fingerprint(name, inputs, config)
+    uri = storage.join(root, name, fingerprint)
+    if storage.is_complete(uri):
+        marker = storage.read_marker(uri)
+        return {"uri": uri, "fingerprint": fingerprint, "info": marker.get("info", {}), "reused": True}
+    info = work(uri)
+    storage.mark_complete(uri, {"fingerprint": fingerprint, "stage": name, "info": info,
+                                "files": storage.file_hashes(uri)})
+    return {"uri": uri, "fingerprint": fingerprint, "info": info, "reused": False}
+
+
+def source_fingerprint(uri: str) -> str:
+    """Fingerprint of an input that no stage produced (a user's pool, a seeds file, a model folder)."""
+    if storage.is_complete(uri):
+        return storage.read_marker(uri).get("fingerprint") or storage.fingerprint(storage.read_marker(uri))
+    fs, path = storage.filesystem(uri)
+    if fs.isdir(path):
+        return storage.fingerprint(storage.file_hashes(uri))
+    return storage.sha256_uri(uri)[:16]
+

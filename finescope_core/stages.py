@@ -1,0 +1,333 @@
+"""Every pipeline stage as a function over URIs and a typed config, content-addressed under the run root.
+
+Each function takes references to its inputs (``{"uri", "fingerprint", ...}`` dicts returned by earlier stages),
+does its work once (see ``stage.run_stage``) and returns a reference to its output. Orchestrators (the Prefect tasks)
+only pass these small dicts around, never tensors or models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from finescope_core import storage
+from finescope_core.config import (
+    DataConfig,
+    DistillConfig,
+    DumpConfig,
+    EvalConfig,
+    ModelConfig,
+    PruneConfig,
+    SAEConfig,
+    SelectConfig,
+)
+from finescope_core.corpus import build_demo_corpus, corpus_fingerprint
+from finescope_core.models import DEFAULT_CACHE, resolve
+from finescope_core.stage import run_stage, source_fingerprint
+
+Ref = dict
+
+DOC_COLUMNS = ("doc_id", "text", "domain", "source", "prompt", "response")
+
+
+def model_ref(cfg: ModelConfig) -> Ref:
+    """The model's local folder and content fingerprint."""
+    folder = resolve(cfg.name)
+    return {"uri": str(folder), "model_uri": str(folder), "fingerprint": source_fingerprint(str(folder)),
+            "name": cfg.name}
+
+
+def corpus(root: str, cfg: DataConfig) -> Ref:
+    """The pool and eval sets: the user's (referenced in place) or the demo corpus built under the run root."""
+    if cfg.pool:
+        if not storage.listdir(cfg.pool, ".parquet"):
+            raise FileNotFoundError(f"data.pool={cfg.pool!r} holds no Parquet shards; give a folder of *.parquet")
+        eval_uri = cfg.eval_sets
+        return {"uri": cfg.pool, "pool": cfg.pool, "eval": eval_uri,
+                "fingerprint": storage.fingerprint(source_fingerprint(cfg.pool),
+                                                   source_fingerprint(eval_uri) if eval_uri else None)}
+    identity = {"builder": corpus_fingerprint(cfg.demo)}  # config, builder and source-data versions
+    ref = run_stage(root, "corpus", identity, None, lambda out: build_demo_corpus(out, cfg.demo))
+    return {**ref, "pool": storage.join(ref["uri"], "pool"), "eval": cfg.eval_sets or storage.join(ref["uri"], "eval")}
+
+
+def pool(root: str, corpus_ref: Ref, cfg: DataConfig, seed: int = 0) -> Ref:
+    """The documents to curate from: the whole pool, or a seeded random subset of ``max_pool_docs``."""
+
+    def work(out: str) -> dict:
+        table = storage.read_parquet_dir(corpus_ref["pool"])
+        missing = {"doc_id", "text"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"data.pool: shards lack column(s) {sorted(missing)}; each needs doc_id and text")
+        if len(table) == 0:
+            raise ValueError("data.pool is empty: it has no documents")
+        if cfg.max_pool_docs and cfg.max_pool_docs < len(table):
+            keep = np.sort(np.random.default_rng(seed).choice(len(table), cfg.max_pool_docs, replace=False))
+            table = table.take(keep)
+        for column in DOC_COLUMNS:
+            if column not in table.column_names:
+                table = table.append_column(column, pa.nulls(len(table), pa.string()))
+        storage.write_parquet(table.select(list(DOC_COLUMNS)), storage.join(out, "docs.parquet"))
+        return {"n_docs": len(table)}
+
+    return run_stage(root, "pool", {"corpus": corpus_ref}, {"max_pool_docs": cfg.max_pool_docs, "seed": seed}, work)
+
+
+def read_seeds(path: str) -> pa.Table:
+    """Seed examples as documents; each JSONL line needs ``text`` (or ``prompt`` and ``response``)."""
+    if not storage.exists(path):
+        raise FileNotFoundError(f"select.seeds={path!r} does not exist; give a JSONL file of seed examples")
+    rows = []
+    for number, line in enumerate(storage.read_bytes(path).decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"select.seeds={path!r} line {number} is not JSON") from None
+        text = item.get("text") or "\n".join(filter(None, (item.get("prompt"), item.get("response"))))
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"select.seeds={path!r} line {number} has no text (keys: text, or prompt + response)")
+        rows.append({"doc_id": f"seed-{number:04d}", "text": text})
+    if not rows:
+        raise ValueError(f"select.seeds={path!r} is empty; add seed examples, one JSON object per line")
+    return pa.Table.from_pylist(rows)
+
+
+def seeds(root: str, path: str) -> Ref:
+    """The seed examples, copied into the run as documents (so they are dumped like the pool)."""
+    table = read_seeds(path)
+
+    def work(out: str) -> dict:
+        storage.write_parquet(table, storage.join(out, "docs.parquet"))
+        return {"n_docs": len(table), "source": path}
+
+    return run_stage(root, "seeds", {"file": storage.sha256_uri(path)[:16]}, None, work)
+
+
+def dump(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConfig) -> Ref:
+    """Residual-stream activations of ``docs`` (per token, pooled, and an SAE training sample)."""
+    from finescope_core.activations import dump_activations
+
+    def work(out: str) -> dict:
+        table = storage.read_parquet(storage.join(docs["uri"], "docs.parquet"), ["doc_id", "text"])
+        return dump_activations(model["uri"], table["doc_id"].to_pylist(), table["text"].to_pylist(), out, cfg,
+                                model_cfg.device, model_cfg.dtype)
+
+    return run_stage(root, "acts", {"model": model, "docs": docs}, cfg, work)
+
+
+def sae(root: str, acts: Ref, cfg: SAEConfig, device: str) -> Ref:
+    """An SAE fitted on the dump's token sample (first captured layer)."""
+    from finescope_core.sae import fit_sae
+
+    layer = acts["info"]["layers"][0]
+    return run_stage(root, "sae", {"acts": acts}, cfg,
+                     lambda out: fit_sae(storage.join(acts["uri"], "sample"), layer, out, cfg, device))
+
+
+def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) -> Ref:
+    """Pooled, unnormalised SAE codes of every dumped document."""
+    from finescope_core.embed import embed_with_sae, write_embeddings
+    from finescope_core.sae import load_sae
+
+    def work(out: str) -> dict:
+        model = load_sae(sae_ref["uri"], device)
+        ids, matrix = embed_with_sae(storage.join(acts["uri"], "tokens"), acts["info"]["layers"][0], model, pooling)
+        write_embeddings(ids, matrix, storage.join(out, "embeddings.parquet"))
+        return {"n_docs": len(ids), "dim": int(matrix.shape[1])}
+
+    return run_stage(root, "embeddings", {"acts": acts, "sae": sae_ref}, {"pooling": pooling}, work)
+
+
+def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarray:
+    """Rows of ``matrix`` (keyed by ``ids``) in the order of ``doc_ids``."""
+    position = {doc_id: row for row, doc_id in enumerate(ids)}
+    return matrix[[position[d] for d in doc_ids]]
+
+
+def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table, refs: dict[str, Ref]):
+    """Pool and seed vectors of the configured selection method, rows aligned with the tables."""
+    from finescope_core.embed import idf_weights, minilm_embeddings, raw_activation_embeddings, read_embeddings
+
+    pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
+    if cfg.method == "sae":
+        docs = _aligned(pool_ids, *read_embeddings(storage.join(refs["pool_emb"]["uri"], "embeddings.parquet")))
+        seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], "embeddings.parquet")))
+        if cfg.pooling == "idf":
+            weights = idf_weights(docs)
+            docs, seeds_ = docs * weights, seeds_ * weights
+        return docs, seeds_
+    if cfg.method == "raw_act":
+        layer = refs["pool_acts"]["info"]["layers"][0]
+        docs = _aligned(pool_ids, *raw_activation_embeddings(storage.join(refs["pool_acts"]["uri"], "pooled"), layer))
+        seeds_ = _aligned(seed_ids, *raw_activation_embeddings(storage.join(refs["seed_acts"]["uri"], "pooled"), layer))
+        return docs, seeds_
+    if cfg.method == "minilm":
+        return minilm_embeddings(pool_table["text"].to_pylist()), minilm_embeddings(seed_table["text"].to_pylist())
+    rng = np.random.default_rng(cfg.seed)
+    return rng.standard_normal((len(pool_ids), 64)), rng.standard_normal((len(seed_ids), 64))
+
+
+def eval_texts(eval_uri: str | None) -> list[str]:
+    """Every eval item and eval document text, for decontamination."""
+    if not eval_uri or not storage.exists(eval_uri):
+        return []
+    fs, path = storage.filesystem(eval_uri)
+    texts = []
+    for file in sorted(fs.glob(path.rstrip("/") + "/*/*.parquet")):
+        table = storage.read_parquet(storage.join(eval_uri, file[len(path.rstrip("/")) + 1 :]))
+        if "context" in table.column_names:
+            for context, choices in zip(table["context"].to_pylist(), table["choices"].to_pylist()):
+                texts.append(context + " " + " ".join(choices))
+        if "text" in table.column_names:
+            texts.extend(table["text"].to_pylist())
+    return texts
+
+
+def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Ref], eval_uri: str | None,
+            cfg: SelectConfig) -> Ref:
+    """The top ``budget`` pool documents by max cosine to the seeds, deduplicated and decontaminated."""
+    from finescope_core.ngrams import NgramIndex
+    from finescope_core.select import max_cosine, select_top
+
+    def work(out: str) -> dict:
+        pool_table = storage.read_parquet(storage.join(pool_ref["uri"], "docs.parquet"))
+        seed_table = storage.read_parquet(storage.join(seeds_ref["uri"], "docs.parquet"))
+        docs, seed_vectors = method_vectors(cfg, pool_table, seed_table, vectors_refs)
+        scores = (np.random.default_rng(cfg.seed).random(len(docs)) if cfg.method == "random"
+                  else max_cosine(docs, seed_vectors))
+        index = NgramIndex(eval_texts(eval_uri)) if cfg.decontaminate else None
+        chosen = select_top(scores, docs, pool_table["text"].to_pylist(), cfg.budget, cfg.threshold,
+                            cfg.near_duplicate_cosine, index)
+        table = pool_table.take(chosen.indices)
+        table = table.append_column("score", pa.array(chosen.scores, pa.float32()))
+        table = table.append_column("rank", pa.array(range(1, len(chosen.indices) + 1), pa.int32()))
+        table = table.append_column("method", pa.array([cfg.method] * len(table)))
+        storage.write_parquet(table, storage.join(out, "curated.parquet"))
+        domains = table["domain"].to_pylist()
+        return {"n_docs": len(table), "skipped": chosen.skipped, "method": cfg.method, "seeds": seeds_ref["info"],
+                "domains": {d: domains.count(d) for d in sorted(set(filter(None, domains)))}}
+
+    inputs = {"pool": pool_ref, "seeds": seeds_ref, "eval": eval_uri or "", **vectors_refs}
+    return run_stage(root, "curated", inputs, cfg, work)
+
+
+def calibration_texts(ref: Ref, filename: str, n: int, seed: int) -> list[str]:
+    table = storage.read_parquet(storage.join(ref["uri"], filename), ["text"])
+    texts = table["text"].to_pylist()
+    if filename == "docs.parquet":  # generic text: a random sample of the pool
+        rng = np.random.default_rng(seed)
+        texts = [texts[i] for i in rng.permutation(len(texts))[: n * 4]]
+    return texts
+
+
+def pruned(root: str, model: Ref, calibration: Ref, filename: str, cfg: PruneConfig, device: str) -> Ref:
+    """The pruned model folder (stock transformers) and what was removed."""
+    from finescope_core.prune import prune_model
+
+    def work(out: str) -> dict:
+        texts = calibration_texts(calibration, filename, cfg.calibration_samples, cfg.seed)
+        with storage.staged_directory(storage.join(out, "model")) as scratch:
+            report = prune_model(model["uri"], texts, scratch, cfg, device)
+            storage.write_json(str(scratch / "pruning.json"), report)
+        return {k: v for k, v in report.items() if k != "layers"}
+
+    inputs = {"model": model, "calibration": calibration, "file": filename}
+    return with_model(run_stage(root, "pruned", inputs, cfg, work))
+
+
+def with_model(ref: Ref) -> Ref:
+    """A stage reference that also names the model folder the stage wrote under ``model/``."""
+    return {**ref, "model_uri": storage.join(ref["uri"], "model")}
+
+
+def model_folder(ref: Ref) -> Path:
+    """A local copy of the model folder a reference names."""
+    return storage.fetch_directory(ref["model_uri"], DEFAULT_CACHE / "artifacts")
+
+
+def as_original(row: dict, reason: str) -> dict:
+    """A fine-tuning example that keeps its original text."""
+    return {**row, "original": row["response"], "rewrite": None, "kept": "original", "reject_reason": reason}
+
+
+def finetune_examples(curated_ref: Ref, max_examples: int) -> list[dict]:
+    table = storage.read_parquet(storage.join(curated_ref["uri"], "curated.parquet"))
+    rows = table.select(["doc_id", "text", "prompt", "response"]).to_pylist()
+    return rows[:max_examples]
+
+
+def distilled(root: str, teacher: Ref, curated_ref: Ref, cfg: DistillConfig, device: str) -> Ref:
+    """Fine-tuning targets: curated examples, with answers rewritten by the unpruned teacher when enabled."""
+    from finescope_core.distill import self_distill
+
+    def work(out: str) -> dict:
+        rows = finetune_examples(curated_ref, cfg.max_examples)
+        pairs = [r for r in rows if r["prompt"] and r["response"]]
+        plain = [as_original(r, "no_prompt_response") for r in rows if not (r["prompt"] and r["response"])]
+        distill = cfg.self_distill and pairs
+        pairs = self_distill(teacher["uri"], pairs, cfg, device) if distill else [
+            as_original(r, "self_distill_off") for r in pairs]
+        storage.write_parquet(pa.Table.from_pylist(pairs + plain), storage.join(out, "distilled.parquet"))
+        accepted = sum(r["kept"] == "rewrite" for r in pairs)
+        return {"n_examples": len(pairs) + len(plain), "rewritten": len(pairs) if distill else 0,
+                "accepted": accepted, "acceptance_rate": accepted / len(pairs) if distill else None}
+
+    return run_stage(root, "distilled", {"teacher": teacher, "curated": curated_ref},
+                     cfg.model_dump(include={"self_distill", "max_examples", "max_new_tokens"}), work)
+
+
+def recovered(root: str, pruned_ref: Ref, distilled_ref: Ref, cfg: DistillConfig, device: str) -> Ref:
+    """The pruned model fine-tuned on the distilled data, saved as a plain transformers folder."""
+    from finescope_core.finetune import finetune
+
+    fingerprint_inputs = {"pruned": pruned_ref, "distilled": distilled_ref}
+
+    def work(out: str) -> dict:
+        examples = storage.read_parquet(storage.join(distilled_ref["uri"], "distilled.parquet")).to_pylist()
+        checkpoints = DEFAULT_CACHE / "checkpoints" / storage.fingerprint(out)
+        with storage.staged_directory(storage.join(out, "model")) as scratch:
+            return finetune(model_folder(pruned_ref), examples, scratch, cfg, checkpoints, device)
+
+    return with_model(run_stage(root, "recovered", fingerprint_inputs, cfg, work))
+
+
+def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: EvalConfig,
+               model_cfg: ModelConfig) -> Ref:
+    """Domain perplexity and cloze accuracy (with CIs), parameter count and speed of one model."""
+    from finescope_core.evaluate import evaluate_model
+
+    folder = model_folder(model)
+
+    def work(out: str) -> dict:
+        result = evaluate_model(folder, eval_uri, domains, cfg, model_cfg.device, model_cfg.dtype)
+        storage.write_json(storage.join(out, "metrics.json"), result)
+        return result
+
+    inputs = {"model": model, "eval": eval_uri}
+    return run_stage(root, "eval", inputs, {"cfg": cfg.model_dump(), "domains": domains}, work)
+
+
+def report(root: str, results: dict[str, Ref], title: str) -> Ref:
+    """The evaluation report (JSON, Markdown, PNG) comparing every evaluated model."""
+    from finescope_core.report import write_report
+
+    def work(out: str) -> dict:
+        return write_report({label: ref["info"] for label, ref in results.items()}, out, title)
+
+    return run_stage(root, "report", results, {"title": title, "labels": list(results)}, work)
+
+
+def write_manifest(root: str, refs: dict[str, Ref]) -> str:
+    """``manifest.json`` at the run root: every artifact of the run with its files' content hashes."""
+    entries = {}
+    for name, ref in refs.items():
+        marker = storage.read_marker(ref["uri"]) if storage.is_complete(ref["uri"]) else {}
+        entries[name] = {"uri": ref["uri"], "fingerprint": ref["fingerprint"], "files": marker.get("files", {})}
+    uri = storage.join(root, "manifest.json")
+    storage.write_json(uri, {"artifacts": entries})
+    return uri

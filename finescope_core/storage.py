@@ -1,0 +1,237 @@
+"""Artifact storage over fsspec URIs: atomic writes, completion markers, content hashes.
+
+Every stage reads and writes through these helpers so that a local folder and an ``s3://`` prefix behave the same.
+A local write goes to a temporary name and is renamed into place; on object storage a single PUT is already atomic,
+and a multi-file artifact counts as done only once its completion marker (written last) exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COMPLETE_MARKER = "_COMPLETE.json"
+
+_storage_options: dict[str, dict[str, Any]] = {}
+
+
+def configure(protocol: str, **options: Any) -> None:
+    """Set fsspec options (endpoint, credentials source...) for every URI of one protocol, e.g. ``s3``."""
+    _storage_options[protocol] = options
+
+
+def s3_options_from_env() -> dict[str, Any]:
+    """S3 options read from the environment; credentials stay in the environment and are never copied to artifacts."""
+    endpoint = os.environ.get("FINESCOPE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem that serves ``uri`` and the path inside it."""
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    options = dict(_storage_options.get(protocol, {}))
+    if protocol == "s3" and not options:
+        options = s3_options_from_env()
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI with ``/`` whatever the protocol."""
+    base = uri.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts if p)])
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def listdir(uri: str, suffix: str = "") -> list[str]:
+    """Sorted URIs of the files directly under ``uri`` whose names end with ``suffix``."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    names = sorted(p for p in fs.ls(path, detail=False) if p.rstrip("/").endswith(suffix))
+    return [join(uri, n.rstrip("/").rsplit("/", 1)[-1]) for n in names]
+
+
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` so that a reader sees either the old file, the whole new one, or none."""
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(uri)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes(uri, buffer.getvalue())
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(uri)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def read_parquet_dir(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """All ``*.parquet`` shards directly under ``uri``, concatenated in name order."""
+    shards = listdir(uri, ".parquet")
+    if not shards:
+        raise FileNotFoundError(f"no Parquet shards under {uri}")
+    return pa.concat_tables([read_parquet(s, columns) for s in shards])
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_uri(uri: str) -> str:
+    """Content hash of one file, streamed."""
+    fs, path = filesystem(uri)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts: the identity of a piece of work."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def is_complete(uri: str) -> bool:
+    return exists(join(uri, COMPLETE_MARKER))
+
+
+def read_marker(uri: str) -> dict[str, Any]:
+    return read_json(join(uri, COMPLETE_MARKER))
+
+
+def mark_complete(uri: str, info: dict[str, Any]) -> None:
+    """Write the completion marker last: only then is the artifact under ``uri`` taken for done."""
+    write_json(join(uri, COMPLETE_MARKER), info)
+
+
+def file_hashes(uri: str) -> dict[str, str]:
+    """Content hash of every file under ``uri`` (recursively) but its own marker, keyed by relative path."""
+    fs, path = filesystem(uri)
+    root = path.rstrip("/")
+    out = {}
+    for file in sorted(fs.find(root)):
+        rel = file[len(root) + 1 :]
+        name = rel.rsplit("/", 1)[-1]
+        if name.startswith(".") or rel == COMPLETE_MARKER:
+            continue
+        out[rel] = sha256_uri(join(uri, rel))
+    return out
+
+
+@contextlib.contextmanager
+def staged_directory(uri: str) -> Iterator[Path]:
+    """A local scratch folder whose whole content replaces ``uri`` only if the block succeeds.
+
+    Tools such as ``save_pretrained`` need a local folder; this gives them one and then publishes it atomically: a
+    rename for a local target, an upload followed by the completion marker for object storage.
+    """
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        scratch.chmod(0o755)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix="finescope-stage-"))
+    try:
+        yield scratch
+        if is_local(uri):
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(scratch, target)
+        else:
+            remove(uri)
+            fs, path = filesystem(uri)
+            fs.put(str(scratch) + "/", path.rstrip("/") + "/", recursive=True)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fetch_directory(uri: str, cache_root: Path) -> Path:
+    """A local copy of a folder artifact (a model, an SAE), downloaded once per content fingerprint."""
+    if is_local(uri):
+        return local_path(uri)
+    marker = read_marker(uri) if is_complete(uri) else {}
+    key = fingerprint(uri, marker.get("fingerprint", ""))
+    target = cache_root / key
+    if not target.exists():
+        with staged_directory(str(target)) as scratch:
+            fs, path = filesystem(uri)
+            fs.get(path.rstrip("/") + "/", str(scratch) + "/", recursive=True)
+    return target
+
+
+def check_writable(uri: str) -> None:
+    """Fail early, before any work, if ``uri`` cannot be written."""
+    probe = join(uri, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"")
+        remove(probe)
+    except Exception as exc:
+        raise PermissionError(f"cannot write to {uri}: {exc}") from exc

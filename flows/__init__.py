@@ -1,0 +1,1 @@
+"""Prefect flows that chain FineScope's tasks."""

@@ -1,0 +1,95 @@
+"""The ``finescope`` command: run the pipeline or one of its flows from a YAML config.
+
+Errors in the config or its inputs end the command with one line naming the field and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+ERRORS = (ValueError, FileNotFoundError, PermissionError, ModuleNotFoundError)
+
+
+def _prepare_environment(output: str) -> None:
+    """Prefect settings that must be set before Prefect is imported: quiet, and results kept with the run."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "finescope_core")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow on a busy 2-core machine
+    if "://" not in output:
+        os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(output).resolve() / ".prefect-results"))
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set select.budget=200")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    from finescope_core.config import load_config
+    from finescope_core.preflight import check_run
+
+    config = load_config(args.config, _overrides(args.set))
+    check_run(config)
+    _prepare_environment(config.output)
+    from flows.finescope import finescope
+
+    result = finescope(config)
+    print(f"Report: {result['report']['markdown']}")
+    print(f"Manifest: {result['manifest']}")
+
+
+def curate(args: argparse.Namespace) -> None:
+    from finescope_core.config import load_config
+    from finescope_core.preflight import check_run
+
+    overrides = {"data.pool": args.pool, "select.seeds": args.seeds, "select.budget": args.budget, "output": args.out}
+    config = load_config(args.config, {k: v for k, v in overrides.items() if v is not None} | _overrides(args.set))
+    check_run(config, needs_eval=False)
+    _prepare_environment(config.output)
+    from flows.curate import curate as curate_flow
+
+    refs = curate_flow(config)
+    print(f"Curated: {refs['curated']['uri']}/curated.parquet ({refs['curated']['info']['n_docs']} documents)")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="finescope", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    run_cmd = commands.add_parser("run", help="run the whole pipeline from a YAML config")
+    run_cmd.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
+    run_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    run_cmd.set_defaults(handler=run)
+    cur = commands.add_parser("curate", help="select domain documents from a pool (SAE-guided)")
+    cur.add_argument("--config", default="configs/demo.yaml", help="YAML config for the other settings")
+    cur.add_argument("--pool", help="URI of the pool's Parquet shards (default: the demo corpus)")
+    cur.add_argument("--seeds", help="JSONL seed examples")
+    cur.add_argument("--budget", type=int, help="documents to keep")
+    cur.add_argument("--out", help="output root URI")
+    cur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    cur.set_defaults(handler=curate)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except ERRORS as exc:
+        print(f"finescope: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

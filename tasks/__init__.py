@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around ``finescope_core.stages`` (caching, retries, logging, artifacts)."""

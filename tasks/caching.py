@@ -1,0 +1,45 @@
+"""The task cache key: the same identity the core's content-addressed stages use, plus the task's source.
+
+Stage references are reduced to their fingerprints and configs to their values, so a rerun with the same inputs
+hits the cache however the references were obtained, and an edited task recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+from pydantic import BaseModel
+
+from finescope_core import storage
+
+
+def identity(value: Any) -> Any:
+    """What a task parameter contributes to the cache key."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        if "fingerprint" in value:
+            return value["fingerprint"]
+        return {key: identity(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [identity(item) for item in value]
+    return value
+
+
+def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Prefect ``cache_key_fn``: task name, task source and parameter identities."""
+    source = hashlib.sha256(inspect.getsource(context.task.fn).encode()).hexdigest()[:16]
+    return storage.fingerprint(context.task.name, source, identity(parameters))
+
+
+def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient storage/network failures, never bad input (it would fail the same way again)."""
+    try:
+        state.result()
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        return not isinstance(exc, (FileNotFoundError, PermissionError))
+    except Exception:
+        return False
+    return False

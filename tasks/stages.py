@@ -1,0 +1,126 @@
+"""One Prefect task per FineScope stage. No ML logic here: each calls ``finescope_core.stages``.
+
+Every task caches on its stage identity (see ``tasks.caching``) with results persisted, retries transient I/O
+errors, and logs where its artifact is and whether it was reused.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from finescope_core import stages, storage
+from finescope_core.config import (
+    DataConfig,
+    DistillConfig,
+    DumpConfig,
+    EvalConfig,
+    ModelConfig,
+    PruneConfig,
+    SAEConfig,
+    SelectConfig,
+)
+from tasks.caching import retry_on_io_errors, stage_cache_key
+
+Ref = dict
+
+stage_task = task(cache_key_fn=stage_cache_key, persist_result=True, retries=2, retry_delay_seconds=5,
+                  retry_condition_fn=retry_on_io_errors)
+
+
+def _logged(name: str, ref: Ref) -> Ref:
+    get_run_logger().info("%s: %s (%s)", name, ref["uri"], "reused" if ref.get("reused") else "computed")
+    return ref
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+def resolve_model(model: ModelConfig) -> Ref:
+    """The base model's local folder and content fingerprint (converted once into the cache)."""
+    return _logged("model", stages.model_ref(model))
+
+
+@stage_task
+def build_corpus(root: str, data: DataConfig) -> Ref:
+    return _logged("corpus", stages.corpus(root, data))
+
+
+@stage_task
+def sample_pool(root: str, corpus: Ref, data: DataConfig) -> Ref:
+    return _logged("pool", stages.pool(root, corpus, data))
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+def load_seeds(root: str, path: str) -> Ref:
+    """Not cached by Prefect: the seeds file's content is part of the stage identity, read each run."""
+    return _logged("seeds", stages.seeds(root, path))
+
+
+@stage_task
+def dump_activations(root: str, model: Ref, docs: Ref, dump: DumpConfig, model_cfg: ModelConfig) -> Ref:
+    return _logged("activations", stages.dump(root, model, docs, dump, model_cfg))
+
+
+@stage_task
+def fit_sae(root: str, acts: Ref, sae: SAEConfig, device: str) -> Ref:
+    ref = stages.sae(root, acts, sae, device)
+    get_run_logger().info("SAE quality: %s", ref["info"])
+    return _logged("sae", ref)
+
+
+@stage_task
+def embed_documents(root: str, acts: Ref, sae: Ref, pooling: str, device: str) -> Ref:
+    return _logged("embeddings", stages.embeddings(root, acts, sae, pooling, device))
+
+
+@stage_task
+def select_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], eval_uri: str | None,
+                     select: SelectConfig) -> Ref:
+    ref = stages.curated(root, pool, seeds, vectors, eval_uri, select)
+    get_run_logger().info("curated %d documents; by domain: %s", ref["info"]["n_docs"], ref["info"]["domains"])
+    return _logged("curated", ref)
+
+
+@stage_task
+def prune_model(root: str, model: Ref, calibration: Ref, filename: str, prune: PruneConfig, device: str) -> Ref:
+    ref = stages.pruned(root, model, calibration, filename, prune, device)
+    info = ref["info"]
+    get_run_logger().info("parameters %d -> %d", info["params_before"], info["params_after"])
+    return _logged("pruned", ref)
+
+
+@stage_task
+def distill_targets(root: str, teacher: Ref, curated: Ref, distill: DistillConfig, device: str) -> Ref:
+    ref = stages.distilled(root, teacher, curated, distill, device)
+    get_run_logger().info("self-distillation acceptance rate: %s", ref["info"]["acceptance_rate"])
+    return _logged("distilled", ref)
+
+
+@stage_task
+def recover_model(root: str, pruned: Ref, distilled: Ref, distill: DistillConfig, device: str) -> Ref:
+    return _logged("recovered", stages.recovered(root, pruned, distilled, distill, device))
+
+
+@stage_task
+def evaluate_model(root: str, model: Ref, eval_uri: str, domains: list[str], evaluation: EvalConfig,
+                   model_cfg: ModelConfig) -> Ref:
+    return _logged("eval", stages.evaluation(root, model, eval_uri, domains, evaluation, model_cfg))
+
+
+@task
+def publish_report(root: str, results: dict[str, Ref], title: str) -> Ref:
+    """Write the report and publish it as Prefect artifacts (markdown and a summary table) of the flow run."""
+    from finescope_core.report import markdown_table
+
+    ref = stages.report(root, results, title)
+    metrics = {label: r["info"] for label, r in results.items()}
+    create_markdown_artifact(storage.read_bytes(ref["info"]["markdown"]).decode(), key="finescope-report",
+                             description=title)
+    rows = [{"model": label, "domain": domain, "params": m["params"], **{k: m["domains"][domain].get(k)
+             for k in ("acc", "ppl")}} for label, m in metrics.items() for domain in m["domains"]]
+    create_table_artifact(rows, key="finescope-metrics", description=markdown_table.__doc__)
+    return _logged("report", ref)
+
+
+@task
+def write_manifest(root: str, refs: dict[str, Ref]) -> str:
+    return stages.write_manifest(root, refs)

@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from finescope_core.config import ConfigError, RunConfig, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_are_valid(repo: Path):
+    for name in ("demo.yaml", "tiny.yaml"):
+        assert isinstance(load_config(repo / "configs" / name), RunConfig)
+
+
+def test_misspelt_key_names_the_field(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"select\.budgte: unknown key"):
+        load_config(write(tmp_path, "select:\n  budgte: 10\n"))
+
+
+def test_out_of_range_value_names_the_field(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"prune\.ratio"):
+        load_config(write(tmp_path, "prune:\n  ratio: 0.95\n"))
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path):
+    config = load_config(write(tmp_path, "select:\n  budget: 10\n"), {"select.budget": 7, "output": "x"})
+    assert config.select.budget == 7 and config.output == "x"
+    with pytest.raises(ConfigError, match=r"dump\.nope"):
+        load_config(write(tmp_path, "{}"), {"dump.nope": 1})
+
+
+def test_target_domain_is_always_evaluated():
+    config = RunConfig(domain="math", eval_domains=["general"])
+    assert config.eval_domains[0] == "math"

@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from finescope_core.config import PruneConfig
+from finescope_core.models import count_parameters, load_model
+from finescope_core.prune import plan_widths, prune_model
+
+CALIBRATION = ["The patient presented with chest pain and shortness of breath; an ECG was ordered. " * 6] * 4
+
+
+def save_random(tmp_path: Path, model_type: str, tokenizer_from: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=49152, hidden_size=64, intermediate_size=256,
+                                  num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=8,
+                                  max_position_embeddings=128)
+    folder = tmp_path / model_type
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_prune_save_reload_identical_logits(model_type: str, tiny_model: Path, tmp_path: Path):
+    folder = save_random(tmp_path, model_type, tiny_model)
+    out = tmp_path / "pruned"
+    report = prune_model(folder, CALIBRATION, out, PruneConfig(ratio=0.01, calibration_samples=2))
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # stock transformers, no custom code
+    config = reloaded.config
+    assert config.num_key_value_heads == 2 and config.num_attention_heads == 2 * (4 - report[
+        "query_heads_removed_per_kv_group"])
+    assert config.intermediate_size == 256 - report["mlp_channels_removed_per_layer"]
+    assert report["params_after"] == count_parameters(reloaded) < report["params_before"]
+    ids = torch.randint(0, 49152, (2, 12))
+    with torch.no_grad():
+        logits = reloaded(input_ids=ids).logits
+        again = load_model(out)(input_ids=ids).logits
+    assert torch.equal(logits, again)
+    assert torch.isfinite(logits).all()
+
+
+def test_pruned_model_is_the_in_memory_pruned_model(tiny_model: Path, tmp_path: Path):
+    """The saved folder reproduces the pruned weights exactly: the removed groups are really gone."""
+    out = tmp_path / "pruned"
+    report = prune_model(tiny_model, CALIBRATION, out, PruneConfig(ratio=0.01, importance="magnitude"))
+    dense, pruned = load_model(tiny_model), load_model(out)
+    layer = report["layers"][0]
+    kept = [c for c in range(dense.config.intermediate_size) if c not in layer["mlp_channels"]]
+    assert torch.equal(pruned.model.layers[0].mlp.up_proj.weight, dense.model.layers[0].mlp.up_proj.weight[kept])
+    head_dim = dense.config.head_dim
+    kept_rows = [r for h in range(dense.config.num_attention_heads) if h not in layer["query_heads"]
+                 for r in range(h * head_dim, (h + 1) * head_dim)]
+    assert torch.equal(pruned.model.layers[0].self_attn.q_proj.weight,
+                       dense.model.layers[0].self_attn.q_proj.weight[kept_rows])
+
+
+def test_heads_are_removed_evenly_per_kv_group(tiny_model: Path, tmp_path: Path):
+    report = prune_model(tiny_model, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.01, importance="random"))
+    for layer in report["layers"]:
+        groups = [head // 2 for head in layer["query_heads"]]  # 4 query heads, 2 kv heads: 2 per group
+        assert sorted(groups) == sorted(set(groups)) == [0, 1]
+
+
+def test_bad_input(tiny_model: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        prune_model(tiny_model, [], tmp_path / "p", PruneConfig(ratio=0.01))
+    with pytest.raises(ValueError, match="at most"):
+        prune_model(tiny_model, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.5))
+    model = load_model(tiny_model)
+    with pytest.raises(ValueError, match="removes nothing"):
+        plan_widths(model, 1e-6, prune_heads=False)
+
+
+def test_unsupported_architecture_lists_the_supported(tmp_path: Path, tiny_model: Path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=49152)).save_pretrained(folder)
+    with pytest.raises(ValueError, match="LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM"):
+        prune_model(folder, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.1))
+
+
+@pytest.mark.integration
+def test_smollm2_quarter_pruned_reloads_exactly(smollm2: Path, tmp_path: Path):
+    report = prune_model(smollm2, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.25, calibration_samples=2))
+    assert abs(report["removed_fraction"] - 0.25) < 0.005
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval()
+    assert count_parameters(reloaded) == report["params_after"]
+    ids = torch.randint(0, 49152, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, load_model(tmp_path / "p")(input_ids=ids).logits)
