@@ -115,6 +115,9 @@ class EvalConfig(StageConfig):
     mc_items: int = Field(100, ge=1, description="Cloze multiple-choice items per domain.")
     ppl_docs: int = Field(50, ge=1, description="Held-out documents per domain for perplexity.")
     max_tokens: int = Field(256, ge=8, description="Tokens per perplexity document.")
+    mc_max_tokens: int = Field(
+        256, ge=8, description="Tokens per multiple-choice sequence; longer contexts lose their beginning."
+    )
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples for 95% confidence intervals.")
     batch_size: int = Field(8, ge=1, description="Sequences per forward batch.")
 

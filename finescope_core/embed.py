@@ -37,6 +37,9 @@ def _segments(doc_ids: pa.ChunkedArray) -> tuple[list[str], np.ndarray]:
 @torch.no_grad()
 def encode_tokens(sae, acts: np.ndarray) -> np.ndarray:
     """SAE codes of token activations, in chunks to bound memory."""
+    if acts.shape[1] != sae.cfg.d_in:
+        raise ValueError(f"the SAE's d_in={sae.cfg.d_in} does not match the activations' width {acts.shape[1]}: "
+                         "fit the SAE on a dump of this model and layer")
     device = next(sae.parameters()).device
     out = [sae.encode(torch.from_numpy(acts[i : i + ENCODE_CHUNK]).to(device)).cpu().numpy()
            for i in range(0, len(acts), ENCODE_CHUNK)]

@@ -92,7 +92,7 @@ def evaluate_model(
     results = {
         domain: {
             **perplexity(model, tokenizer, docs, cfg.max_tokens, cfg.batch_size, cfg.bootstrap, seed),
-            **mc_accuracy(model, tokenizer, items, cfg.batch_size, cfg.bootstrap, seed),
+            **mc_accuracy(model, tokenizer, items, cfg.batch_size, cfg.bootstrap, seed, cfg.mc_max_tokens),
         }
         for domain, (items, docs) in sets.items()
     }
@@ -284,9 +284,10 @@ def mc_accuracy(
     batch_size: int,
     resamples: int,
     seed: int,
+    max_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Cloze accuracy: the predicted choice has the highest log-likelihood per character; 95% CI over items."""
-    logliks = choice_logliks(model, tokenizer, items, batch_size)
+    logliks = choice_logliks(model, tokenizer, items, batch_size, max_tokens)
     correct = np.array([int(np.argmax(predict_scores(item, ll))) == item.answer for item, ll in zip(items, logliks)])
     resampled = bootstrap_counts(len(items), resamples, seed) @ correct / len(items)
     return {"acc": float(correct.mean()), "acc_ci": percentile_ci(resampled), "n_mc": len(items)}
@@ -298,22 +299,30 @@ def predict_scores(item: MCItem, logliks: np.ndarray) -> np.ndarray:
 
 
 def choice_logliks(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, items: list[MCItem], batch_size: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[MCItem],
+    batch_size: int,
+    max_tokens: int | None = None,
 ) -> list[np.ndarray]:
     """Log-likelihood of every choice as a continuation of its item's context; all pairs go through one batched pass."""
     pairs = [(item.context, choice) for item in items for choice in item.choices]
-    flat = continuation_logprobs(model, cloze_sequences(tokenizer, pairs), batch_size, "multiple choice")
+    sequences = cloze_sequences(tokenizer, pairs, max_tokens)
+    flat = continuation_logprobs(model, sequences, batch_size, "multiple choice")
     bounds = np.cumsum([0, *(len(item.choices) for item in items)])
     return [flat[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
 
-def cloze_sequences(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> list[Sequence]:
+def cloze_sequences(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_tokens: int | None = None
+) -> list[Sequence]:
     """Token ids of prefix + context + choice, and how many trailing tokens belong to the choice.
 
     Context and context + choice are tokenised separately and the choice is scored from their longest common prefix
     on, so a token that merges across the boundary is scored as part of the choice rather than dropped. Trailing
     whitespace of the context is moved to the choice first (as lm-eval does): "Answer: " + "B" would otherwise end the
-    context with a lone space token the model rarely sees.
+    context with a lone space token the model rarely sees. A sequence longer than ``max_tokens`` loses the start of
+    its context (the question's end and the choice are what the choice is scored on); the choice is always kept.
     """
     contexts = [context.rstrip() for context, _ in pairs]
     wholes = [context + choice for context, choice in pairs]
@@ -322,8 +331,10 @@ def cloze_sequences(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, s
     whole_ids = tokenizer(wholes, add_special_tokens=False)["input_ids"]
     sequences = []
     for ctx, whole in zip(context_ids, whole_ids):
-        shared = _common_prefix(ctx, whole)
-        sequences.append((prefix + whole, len(whole) - shared))
+        n_choice = len(whole) - _common_prefix(ctx, whole)
+        if max_tokens is not None and len(whole) + 1 > max_tokens:
+            whole = whole[-max(max_tokens - 1, n_choice + 1) :]
+        sequences.append((prefix + whole, n_choice))
     return sequences
 
 

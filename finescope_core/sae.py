@@ -92,6 +92,9 @@ def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: s
         lr_warm_up_steps=min(100, steps // 10),
         device=device,
         n_batches_for_norm_estimate=min(50, steps),
+        # A latent silent this many steps counts as dead and is trained by the AuxK loss; sae-lens's default (1000
+        # steps) would never trigger in short runs, leaving most latents dead.
+        dead_feature_window=min(1000, max(20, steps // 20)),
         logger=sl.LoggingConfig(log_to_wandb=False),
     )
     provider = token_batches(shards, layer, cfg.batch_size, cfg.seed)

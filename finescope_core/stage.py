@@ -17,7 +17,7 @@ from finescope_core import storage
 
 # Bump a stage's version when its output for the same inputs changes.
 STAGE_VERSIONS = {
-    "corpus": 1, "pool": 1, "seeds": 1, "acts": 1, "sae": 1, "embeddings": 1, "curated": 1,
+    "corpus": 1, "pool": 1, "seeds": 1, "acts": 1, "sae": 2, "embeddings": 1, "curated": 1,
     "pruned": 1, "distilled": 1, "recovered": 1, "eval": 1, "report": 1,
 }
 

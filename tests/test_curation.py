@@ -64,3 +64,13 @@ def test_sae_rejects_a_wrong_layer(tiny_model: Path, tmp_path: Path):
     dump_activations(tiny_model, ["a"], ["some text here"], acts, DumpConfig(layers=[1]))
     with pytest.raises(ValueError, match="no tokens of layer 0"):
         fit_sae(storage.join(acts, "sample"), 0, str(tmp_path / "sae"), SAEConfig())
+
+
+def test_sae_width_must_match_the_activations():
+    import sae_lens
+
+    from finescope_core.embed import encode_tokens
+
+    sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=8, d_sae=16, k=2))
+    with pytest.raises(ValueError, match="d_in=8 does not match the activations' width 12"):
+        encode_tokens(sae, np.zeros((3, 12), np.float32))

@@ -225,3 +225,15 @@ def test_write_report_writes_json_markdown_and_png(tmp_path, tiny):
     assert width > 400 and height > 400
     with pytest.raises(ValueError, match="no results"):
         write_report({}, str(tmp_path / "empty"))
+
+
+def test_long_multiple_choice_contexts_lose_their_beginning(tiny_model):
+    from finescope_core.evaluate import cloze_sequences
+    from finescope_core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model)
+    context = "Question: " + "the patient had a long history " * 40 + "so the diagnosis is\nAnswer:"
+    (full, n_full), = cloze_sequences(tokenizer, [(context, " acute appendicitis")])
+    (cut, n_cut), = cloze_sequences(tokenizer, [(context, " acute appendicitis")], max_tokens=32)
+    assert len(full) > 32 and len(cut) == 32 and n_cut == n_full
+    assert cut[0] == full[0] and cut[1:] == full[-31:]
