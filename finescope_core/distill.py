@@ -33,7 +33,11 @@ def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
 
 
 def final_answer(text: str) -> str | None:
-    """The final answer of a worked solution: a \\boxed{...} value or a GSM8K-style '#### x', if present."""
+    """The final answer, if the text states one: a \\boxed{...} value, a GSM8K-style '#### x', or the option letter
+    a multiple-choice answer starts with ('C. ...', '(C) ...')."""
+    option = re.match(r"\s*\(?([A-J])[.)](\s|$)", text)
+    if option:
+        return option.group(1)
     boxed = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", text)
     if boxed:
         return re.sub(r"\s+", "", boxed[-1])

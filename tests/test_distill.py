@@ -13,6 +13,9 @@ def test_final_answer_forms():
     assert final_answer("so the area is \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
     assert final_answer("Total: 3 + 4 = 7\n#### 1,007") == "1007"
     assert final_answer("no final answer here") is None
+    assert final_answer("C. Right coronary artery\nExplanation: ...") == "C"
+    assert final_answer("(B) Candida") == "B"
+    assert final_answer("A patient with fever") is None
 
 
 @pytest.mark.parametrize(
@@ -24,6 +27,8 @@ def test_final_answer_forms():
         ("Based on the reference answer, it is 5.", False, "x", "meta"),
         ("The answer is \\boxed{6}.", False, "so \\boxed{5}", "wrong_final_answer"),
         ("The answer is \\boxed{5}.", False, "so \\boxed{5}", None),
+        ("D. Rhinosporidium, a fungus.", False, "B. Candida\nExplanation: most common.", "wrong_final_answer"),
+        ("B. Candida, the commonest fungus.", False, "B. Candida\nExplanation: most common.", None),
         ("Aspirin, 325 mg chewed.", False, "Give aspirin.", None),
     ],
 )

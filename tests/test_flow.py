@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,18 +11,17 @@ import pyarrow.parquet as pq
 from finescope_core import storage
 
 
-def finescope(repo: Path, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+def finescope(repo: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done, time.monotonic() - start
+    return done
 
 
 def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     out = tmp_path / "run"
-    first, _ = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
+    first = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
     report_line = next(line for line in first.stdout.splitlines() if line.startswith("Report: "))
     report = Path(report_line.removeprefix("Report: "))
     assert report.is_file() and report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -42,7 +40,12 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     assert (Path(manifest["pruned"]["uri"]) / "model" / "config.json").is_file()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    second, _ = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
+    second = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
     recomputed = [line for line in second.stderr.splitlines() if "(computed)" in line and " model: " not in line]
     assert recomputed == []  # only the model lookup runs again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
+
+    curated = finescope(repo, tmp_path, "curate", "--config", "configs/tiny.yaml", "--out", str(out),
+                           "--seeds", "seeds/medicine.jsonl", "--budget", "20")
+    line = next(line for line in curated.stdout.splitlines() if line.startswith("Curated: "))
+    assert line.startswith(f"Curated: {manifest['curated']['uri']}/curated.parquet (20 documents)")
