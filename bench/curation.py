@@ -42,14 +42,18 @@ def main() -> None:
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--training-tokens", type=int, default=204_800)
+    parser.add_argument("--input-coordinates", type=int, default=None,
+                        help="the paper's variant: the SAE reads only the K most gradient-sensitive coordinates")
+    parser.add_argument("--sensitivity-docs", type=int, default=64)
     args = parser.parse_args()
 
     root, model_cfg = args.output, ModelConfig()
     data = DataConfig(max_pool_docs=args.max_pool_docs)
     dump_cfg = DumpConfig(layers=[args.layer] if args.layer is not None else None, max_tokens=args.max_tokens,
-                          sae_sample_tokens=100_000)
+                          sae_sample_tokens=100_000,
+                          sensitivity_docs=args.sensitivity_docs if args.input_coordinates else 0)
     sae_cfg = SAEConfig(expansion=args.expansion, k=args.k, lr=3e-3, batch_size=512,
-                        training_tokens=args.training_tokens)
+                        training_tokens=args.training_tokens, input_coordinates=args.input_coordinates)
     model = stages.model_ref(model_cfg)
     corpus = stages.corpus(root, data)
     pool = stages.pool(root, corpus, data)

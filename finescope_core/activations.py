@@ -159,6 +159,17 @@ def dump_shard(model, shard: Shard, layers: list[int], cfg: DumpConfig, sample_r
     return len(tokens["doc_id"])
 
 
+def write_sensitivity(model, token_ids: list[list[int]], layers: list[int], cfg: DumpConfig, uri: str) -> None:
+    """Per captured layer, each coordinate's gradient sensitivity on a seeded sample of the documents."""
+    from finescope_core.coordinates import sensitivity
+
+    rng = np.random.default_rng(cfg.seed)
+    chosen = [token_ids[i] for i in rng.permutation(len(token_ids))[: cfg.sensitivity_docs]]
+    scores = {str(layer): sensitivity(model, chosen, layer, cfg.sensitivity_probes, cfg.seed).tolist()
+              for layer in layers}
+    storage.write_json(uri, scores)
+
+
 def shard_done(out_uri: str, index: int) -> bool:
     return all(storage.exists(uri) for uri in shard_uris(out_uri, index).values())
 
@@ -180,6 +191,8 @@ def dump_activations(model_dir: str | Path, doc_ids: Sequence[str], texts: Seque
     todo = [shard for shard in shards if not shard_done(out_uri, shard.index)]
     for shard in progress(todo, "activation dump (shards)"):
         dump_shard(model, shard, layers, cfg, sample_rate, tokenizer.pad_token_id, device, out_uri)
+    if cfg.sensitivity_docs and not storage.exists(storage.join(out_uri, "sensitivity.json")):
+        write_sensitivity(model, token_ids, layers, cfg, storage.join(out_uri, "sensitivity.json"))
     manifest = {
         "layers": layers,
         "d_model": int(model.config.hidden_size),

@@ -53,7 +53,12 @@ class DumpConfig(StageConfig):
     shard_docs: int = Field(256, ge=1, description="Documents per activation Parquet shard.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation precision.")
     sae_sample_tokens: int = Field(200_000, ge=1, description="Token activations kept as the SAE training sample.")
-    seed: int = Field(0, description="Seed of the token sample.")
+    sensitivity_docs: int = Field(
+        0, ge=0, description="Documents on which each coordinate's gradient sensitivity is scored (0: not scored; "
+        "needed by sae.input_coordinates)."
+    )
+    sensitivity_probes: int = Field(2, ge=1, description="Random probes per document for the sensitivity estimate.")
+    seed: int = Field(0, description="Seed of the token sample and of the sensitivity documents and probes.")
 
 
 class SAEConfig(StageConfig):
@@ -66,6 +71,10 @@ class SAEConfig(StageConfig):
     lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
     batch_size: int = Field(1024, ge=1, description="Token activations per training step.")
     training_tokens: int = Field(1_000_000, ge=1, description="Token activations seen in training (with repeats).")
+    input_coordinates: int | None = Field(
+        None, ge=1, description="Feed the SAE only this many most gradient-sensitive activation coordinates (the "
+        "paper's K; needs dump.sensitivity_docs > 0). None: every coordinate."
+    )
     seed: int = Field(0, description="Initialisation seed.")
 
 
@@ -143,6 +152,12 @@ class RunConfig(StageConfig):
     def _target_domain_is_evaluated(self) -> RunConfig:
         if self.domain not in self.eval_domains:
             self.eval_domains = [self.domain, *self.eval_domains]
+        return self
+
+    @model_validator(mode="after")
+    def _coordinates_need_sensitivity(self) -> RunConfig:
+        if self.sae.input_coordinates and not self.dump.sensitivity_docs:
+            raise ValueError("sae.input_coordinates needs dump.sensitivity_docs > 0 (documents to score coordinates)")
         return self
 
 

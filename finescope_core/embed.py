@@ -54,11 +54,13 @@ def pool_codes(codes: np.ndarray, starts: np.ndarray, pooling: str) -> np.ndarra
     return np.add.reduceat(codes, starts, axis=0) / counts
 
 
-def sae_shard_embeddings(tokens_uri: str, layer: int, sae, pooling: str) -> tuple[list[str], np.ndarray]:
+def sae_shard_embeddings(tokens_uri: str, layer: int, sae, pooling: str,
+                         coordinates: list[int] | None = None) -> tuple[list[str], np.ndarray]:
     """Pooled (not yet normalised) SAE codes of one dump shard's documents."""
     table = layer_rows(storage.read_parquet(tokens_uri, ["doc_id", "layer", "act"]), layer)
     doc_ids, starts = _segments(table["doc_id"])
-    return doc_ids, pool_codes(encode_tokens(sae, vectors(table)), starts, pooling)
+    acts = vectors(table) if coordinates is None else vectors(table)[:, coordinates]
+    return doc_ids, pool_codes(encode_tokens(sae, acts), starts, pooling)
 
 
 def idf_weights(pooled: np.ndarray) -> np.ndarray:
@@ -67,12 +69,13 @@ def idf_weights(pooled: np.ndarray) -> np.ndarray:
     return np.log((1 + len(pooled)) / (1 + df)) + 1.0
 
 
-def embed_with_sae(tokens_uri: str, layer: int, sae, pooling: str) -> tuple[list[str], np.ndarray]:
+def embed_with_sae(tokens_uri: str, layer: int, sae, pooling: str,
+                   coordinates: list[int] | None = None) -> tuple[list[str], np.ndarray]:
     """Unnormalised pooled SAE codes of every document of a dump (all shards), in shard order."""
     ids: list[str] = []
     parts = []
     for shard in progress(storage.listdir(tokens_uri, ".parquet"), "SAE embedding (shards)"):
-        shard_ids, pooled = sae_shard_embeddings(shard, layer, sae, "max" if pooling == "max" else "mean")
+        shard_ids, pooled = sae_shard_embeddings(shard, layer, sae, "max" if pooling == "max" else "mean", coordinates)
         ids.extend(shard_ids)
         parts.append(pooled.astype(np.float32))
     if not parts:

@@ -16,8 +16,10 @@ import torch
 from finescope_core import storage
 from finescope_core.activations import layer_rows, vectors
 from finescope_core.config import SAEConfig
+from finescope_core.coordinates import top_coordinates
 
 EVAL_TOKENS = 20_000
+COORDINATES = "coordinates.json"
 
 
 def _sae_lens():
@@ -26,13 +28,16 @@ def _sae_lens():
     return sae_lens
 
 
-def token_batches(shard_uris: list[str], layer: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+def token_batches(shard_uris: list[str], layer: int, batch_size: int, seed: int,
+                  coordinates: list[int] | None = None) -> Iterator[torch.Tensor]:
     """Endless shuffled batches of token activations [batch, d_in], streaming one shard at a time."""
     rng = np.random.default_rng(seed)
     carry = np.empty((0, 0), dtype=np.float32)
     while True:
         for index in rng.permutation(len(shard_uris)):
             rows = vectors(layer_rows(storage.read_parquet(shard_uris[index]), layer))
+            if coordinates is not None:
+                rows = rows[:, coordinates]
             if not len(rows):
                 continue
             rows = rows[rng.permutation(len(rows))]
@@ -70,8 +75,13 @@ def quality(sae, activations: torch.Tensor) -> dict[str, float]:
     }
 
 
-def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: str = "cpu") -> dict:
-    """Train an SAE on the token sample of one layer and save it (sae-lens format) under ``out_uri``."""
+def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: str = "cpu",
+            sensitivity_uri: str | None = None) -> dict:
+    """Train an SAE on the token sample of one layer and save it (sae-lens format) under ``out_uri``.
+
+    With ``cfg.input_coordinates`` = K, the SAE sees only the K most gradient-sensitive coordinates (scores read
+    from ``sensitivity_uri``); their indices are saved beside it in ``coordinates.json``.
+    """
     sl = _sae_lens()
     shards = storage.listdir(sample_uri, ".parquet")
     if not shards:
@@ -79,6 +89,13 @@ def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: s
     first = vectors(layer_rows(storage.read_parquet(shards[0]), layer))
     if first.size == 0:
         raise ValueError(f"the activation sample has no tokens of layer {layer}; check dump.layers")
+    coordinates = None
+    if cfg.input_coordinates:
+        if not sensitivity_uri or not storage.exists(sensitivity_uri):
+            raise ValueError("sae.input_coordinates needs coordinate sensitivity scores: set dump.sensitivity_docs > 0")
+        scores = np.array(storage.read_json(sensitivity_uri)[str(layer)])
+        coordinates = top_coordinates(scores, cfg.input_coordinates)
+        first = first[:, coordinates]
     d_in = first.shape[1]
     sae = build_training_sae(d_in, cfg)
     steps = max(1, cfg.training_tokens // cfg.batch_size)
@@ -97,7 +114,7 @@ def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: s
         dead_feature_window=min(1000, max(20, steps // 20)),
         logger=sl.LoggingConfig(log_to_wandb=False),
     )
-    provider = token_batches(shards, layer, cfg.batch_size, cfg.seed)
+    provider = token_batches(shards, layer, cfg.batch_size, cfg.seed, coordinates)
     trained = sl.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider).fit()
     eval_acts = torch.from_numpy(np.array(first[:EVAL_TOKENS])).to(device)
     with storage.staged_directory(out_uri) as scratch:
@@ -106,12 +123,16 @@ def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: s
         metrics = {"layer": layer, "d_in": d_in, "d_sae": d_in * cfg.expansion, "steps": steps,
                    **quality(inference, eval_acts)}
         storage.write_json(str(scratch / "metrics.json"), metrics)
+        if coordinates is not None:
+            storage.write_json(str(scratch / COORDINATES), coordinates)
     return metrics
 
 
-def load_sae(uri: str, device: str = "cpu", cache_root: Path | None = None):
-    """An inference SAE from a folder written by ``fit_sae`` (local or remote)."""
+def load_sae(uri: str, device: str = "cpu", cache_root: Path | None = None) -> tuple[object, list[int] | None]:
+    """An inference SAE from a folder written by ``fit_sae`` (local or remote), and the activation coordinates it
+    reads (None: all of them)."""
     from finescope_core.models import DEFAULT_CACHE
 
     folder = storage.fetch_directory(uri, cache_root or DEFAULT_CACHE / "artifacts")
-    return _sae_lens().SAE.load_from_disk(str(folder), device=device)
+    coordinates = storage.read_json(str(folder / COORDINATES)) if (folder / COORDINATES).exists() else None
+    return _sae_lens().SAE.load_from_disk(str(folder), device=device), coordinates

@@ -125,8 +125,9 @@ def sae(root: str, acts: Ref, cfg: SAEConfig, device: str) -> Ref:
     from finescope_core.sae import fit_sae
 
     layer = acts["info"]["layers"][0]
+    sensitivity = storage.join(acts["uri"], "sensitivity.json")
     return run_stage(root, "sae", {"acts": acts}, cfg,
-                     lambda out: fit_sae(storage.join(acts["uri"], "sample"), layer, out, cfg, device))
+                     lambda out: fit_sae(storage.join(acts["uri"], "sample"), layer, out, cfg, device, sensitivity))
 
 
 def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) -> Ref:
@@ -135,8 +136,9 @@ def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) ->
     from finescope_core.sae import load_sae
 
     def work(out: str) -> dict:
-        model = load_sae(sae_ref["uri"], device)
-        ids, matrix = embed_with_sae(storage.join(acts["uri"], "tokens"), acts["info"]["layers"][0], model, pooling)
+        model, coordinates = load_sae(sae_ref["uri"], device)
+        tokens = storage.join(acts["uri"], "tokens")
+        ids, matrix = embed_with_sae(tokens, acts["info"]["layers"][0], model, pooling, coordinates)
         write_embeddings(ids, matrix, storage.join(out, "embeddings.parquet"))
         return {"n_docs": len(ids), "dim": int(matrix.shape[1])}
 

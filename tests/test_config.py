@@ -36,3 +36,10 @@ def test_overrides_apply_and_are_validated(tmp_path: Path):
 def test_target_domain_is_always_evaluated():
     config = RunConfig(domain="math", eval_domains=["general"])
     assert config.eval_domains[0] == "math"
+
+
+def test_sae_coordinates_need_sensitivity_scores(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"dump\.sensitivity_docs > 0"):
+        load_config(write(tmp_path, "sae:\n  input_coordinates: 128\n"))
+    config = load_config(write(tmp_path, "sae:\n  input_coordinates: 128\ndump:\n  sensitivity_docs: 32\n"))
+    assert config.sae.input_coordinates == 128

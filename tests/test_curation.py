@@ -53,7 +53,8 @@ def test_sae_fits_saves_and_embeds(tiny_model: Path, tmp_path: Path):
     metrics = fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae"), cfg)
     assert metrics["d_sae"] == 4 * metrics["d_in"] == 256
     assert 0 < metrics["fvu"] < 1 and 0 < metrics["l0"] <= 8
-    sae = load_sae(str(tmp_path / "sae"))
+    sae, coordinates = load_sae(str(tmp_path / "sae"))
+    assert coordinates is None
     doc_ids, pooled = embed_with_sae(storage.join(acts, "tokens"), 1, sae, "mean")
     assert sorted(doc_ids) == sorted(ids) and pooled.shape == (24, 256)
     assert (pooled >= 0).all() and (pooled > 0).any(1).all()
@@ -74,3 +75,56 @@ def test_sae_width_must_match_the_activations():
     sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=8, d_sae=16, k=2))
     with pytest.raises(ValueError, match="d_in=8 does not match the activations' width 12"):
         encode_tokens(sae, np.zeros((3, 12), np.float32))
+
+
+def test_sensitivity_scores_match_the_exact_jacobian(tiny_model: Path):
+    """The probe estimate converges to the squared Jacobian row norms computed exactly."""
+    import torch
+
+    from finescope_core.coordinates import sensitivity, top_coordinates
+    from finescope_core.models import load_model
+
+    model = load_model(tiny_model)
+    ids = [5, 17, 230, 9, 1024]
+    estimate = sensitivity(model, [ids], layer=0, probes=400, seed=0)
+    embeddings = model.get_input_embeddings()(torch.tensor([ids])).detach()
+    jacobian = torch.autograd.functional.jacobian(lambda e: _layer_output(model, e), embeddings)  # [1,5,d,1,5,d]
+    exact = jacobian[0, 1:].pow(2).sum((-3, -2, -1)).mean(0).numpy()  # tokens after the sink
+    assert np.corrcoef(estimate, exact)[0, 1] > 0.95
+    assert top_coordinates(exact, 8) == sorted(np.argsort(-exact)[:8].tolist())
+    with pytest.raises(ValueError, match="input_coordinates=0"):
+        top_coordinates(exact, 0)
+
+
+def _layer_output(model, embeddings):
+    from finescope_core.activations import truncated
+
+    captured = {}
+    hook = model.model.layers[0].register_forward_hook(lambda _m, _i, out: captured.setdefault("out", out))
+    try:
+        with truncated(model, 1):
+            model.model(inputs_embeds=embeddings, use_cache=False)
+    finally:
+        hook.remove()
+    out = captured["out"]
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_sae_on_gradient_selected_coordinates(tiny_model: Path, tmp_path: Path):
+    texts = [f"Note {i}: the patient received {i} mg of aspirin for chest pain today." for i in range(16)]
+    acts = str(tmp_path / "acts")
+    dump_activations(tiny_model, [f"d{i}" for i in range(16)], texts, acts,
+                     DumpConfig(layers=[1], sae_sample_tokens=5000, sensitivity_docs=4))
+    scores = storage.read_json(storage.join(acts, "sensitivity.json"))["1"]
+    assert len(scores) == 64 and min(scores) >= 0
+    cfg = SAEConfig(expansion=2, k=4, training_tokens=5000, batch_size=128, input_coordinates=16)
+    metrics = fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae"), cfg,
+                      sensitivity_uri=storage.join(acts, "sensitivity.json"))
+    assert metrics["d_in"] == 16 and metrics["d_sae"] == 32
+    sae, coordinates = load_sae(str(tmp_path / "sae"))
+    assert coordinates == sorted(np.argsort(-np.array(scores))[:16].tolist())
+    doc_ids, pooled = embed_with_sae(storage.join(acts, "tokens"), 1, sae, "mean", coordinates)
+    assert sorted(doc_ids) == sorted(f"d{i}" for i in range(16))
+    assert pooled.shape == (16, 32)
+    with pytest.raises(ValueError, match=r"dump\.sensitivity_docs"):
+        fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae2"), cfg, sensitivity_uri=None)
