@@ -15,7 +15,9 @@ from pydantic import BaseModel
 
 from finescope_core import storage
 
-# Bump a stage's version when its output for the same inputs changes.
+# Bump a stage's version when its output for the same inputs changes (a default setting that changes counts too:
+# fingerprints hold only the settings that differ from their defaults, so that a new setting does not invalidate
+# every finished stage).
 STAGE_VERSIONS = {
     "corpus": 1, "pool": 1, "seeds": 1, "acts": 1, "sae": 2, "embeddings": 1, "curated": 1,
     "pruned": 1, "distilled": 1, "recovered": 1, "eval": 1, "report": 1,
@@ -24,7 +26,7 @@ STAGE_VERSIONS = {
 
 def stage_fingerprint(name: str, inputs: dict[str, Any], config: BaseModel | dict | None) -> str:
     """The identity of a piece of work: stage, version, config and input fingerprints."""
-    settings = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    settings = config.model_dump(mode="json", exclude_defaults=True) if isinstance(config, BaseModel) else config
     refs = {key: ref["fingerprint"] if isinstance(ref, dict) else ref for key, ref in sorted(inputs.items())}
     return storage.fingerprint(name, STAGE_VERSIONS[name], settings, refs)
 
