@@ -24,11 +24,12 @@ def max_cosine(docs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """For each document, the highest cosine similarity to any seed (inputs need not be normalised)."""
     if len(seeds) == 0:
         raise ValueError("no seed embeddings: the seeds file is empty")
-    seeds = l2_normalise(seeds.astype(np.float32))
+    seeds = l2_normalise(np.asarray(seeds, np.float32))
     scores = np.empty(len(docs), np.float32)
     for start in range(0, len(docs), SCORE_CHUNK):
-        chunk = l2_normalise(docs[start : start + SCORE_CHUNK].astype(np.float32))
-        scores[start : start + SCORE_CHUNK] = (chunk @ seeds.T).max(1)
+        chunk = np.asarray(docs[start : start + SCORE_CHUNK], np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        scores[start : start + SCORE_CHUNK] = (chunk @ seeds.T).max(1) / np.maximum(norms, 1e-12)
     return scores
 
 
