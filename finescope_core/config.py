@@ -84,7 +84,10 @@ class SelectConfig(StageConfig):
     )
     budget: int = Field(500, ge=1, description="Documents to keep (top M by score).")
     threshold: float | None = Field(None, description="Also drop documents whose score is below this cosine.")
-    pooling: Literal["mean", "max", "idf"] = Field("mean", description="How token SAE codes pool into a document.")
+    pooling: Literal["mean", "max", "idf"] = Field(
+        "idf", description="How token SAE codes pool into a document: mean, max, or mean weighted by each latent's "
+        "inverse document frequency over the pool (bench/curation.py: precision@500 0.894 against 0.768 for mean)."
+    )
     method: Literal["sae", "minilm", "raw_act", "random"] = Field(
         "sae", description="Selection method: SAE codes (FineScope) or a baseline at equal budget."
     )
