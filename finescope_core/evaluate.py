@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finescope_core import storage
-from finescope_core.models import DEFAULT_CACHE, count_parameters, load_model, load_tokenizer
+from finescope_core.models import ARTIFACT_CACHE, count_parameters, load_model, load_tokenizer
 from finescope_core.progress import progress
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def _read_head(uri: str, columns: tuple[str, ...], limit: int) -> pa.Table:
 
 def _local_model_dir(model_dir: str | Path) -> Path:
     """A local copy of the model folder (downloaded once for an object-storage URI), checked to be a model folder."""
-    folder = storage.fetch_directory(str(model_dir), DEFAULT_CACHE / "fetched")
+    folder = storage.fetch_directory(str(model_dir), ARTIFACT_CACHE)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{folder / 'config.json'} not found: model_dir must be a transformers folder written by save_pretrained"

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from finescope_core import storage
 
 DEFAULT_CACHE = Path(os.environ.get("FINESCOPE_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+ARTIFACT_CACHE = DEFAULT_CACHE / "artifacts"  # local copies of folder artifacts kept in object storage
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -131,8 +131,8 @@ def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: s
 def load_sae(uri: str, device: str = "cpu", cache_root: Path | None = None) -> tuple[object, list[int] | None]:
     """An inference SAE from a folder written by ``fit_sae`` (local or remote), and the activation coordinates it
     reads (None: all of them)."""
-    from finescope_core.models import DEFAULT_CACHE
+    from finescope_core.models import ARTIFACT_CACHE
 
-    folder = storage.fetch_directory(uri, cache_root or DEFAULT_CACHE / "artifacts")
+    folder = storage.fetch_directory(uri, cache_root or ARTIFACT_CACHE)
     coordinates = storage.read_json(str(folder / COORDINATES)) if (folder / COORDINATES).exists() else None
     return _sae_lens().SAE.load_from_disk(str(folder), device=device), coordinates

@@ -25,7 +25,7 @@ from finescope_core.config import (
     SelectConfig,
 )
 from finescope_core.corpus import build_demo_corpus, corpus_fingerprint
-from finescope_core.models import DEFAULT_CACHE, resolve
+from finescope_core.models import ARTIFACT_CACHE, DEFAULT_CACHE, resolve
 from finescope_core.stage import run_stage, source_fingerprint
 
 Ref = dict
@@ -249,7 +249,7 @@ def with_model(ref: Ref) -> Ref:
 
 def model_folder(ref: Ref) -> Path:
     """A local copy of the model folder a reference names."""
-    return storage.fetch_directory(ref["model_uri"], DEFAULT_CACHE / "artifacts")
+    return storage.fetch_directory(ref["model_uri"], ARTIFACT_CACHE)
 
 
 def as_original(row: dict, reason: str) -> dict:
@@ -287,15 +287,13 @@ def recovered(root: str, pruned_ref: Ref, distilled_ref: Ref, cfg: DistillConfig
     """The pruned model fine-tuned on the distilled data, saved as a plain transformers folder."""
     from finescope_core.finetune import finetune
 
-    fingerprint_inputs = {"pruned": pruned_ref, "distilled": distilled_ref}
-
     def work(out: str) -> dict:
         examples = storage.read_parquet(storage.join(distilled_ref["uri"], "distilled.parquet")).to_pylist()
         checkpoints = DEFAULT_CACHE / "checkpoints" / storage.fingerprint(out)
         with storage.staged_directory(storage.join(out, "model")) as scratch:
             return finetune(model_folder(pruned_ref), examples, scratch, cfg, checkpoints, device)
 
-    return with_model(run_stage(root, "recovered", fingerprint_inputs, cfg, work))
+    return with_model(run_stage(root, "recovered", {"pruned": pruned_ref, "distilled": distilled_ref}, cfg, work))
 
 
 def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: EvalConfig,
