@@ -98,11 +98,25 @@ class SelectConfig(StageConfig):
 
 class PruneConfig(StageConfig):
     ratio: float = Field(0.25, gt=0, le=0.9, description="Fraction of all parameters to remove.")
-    importance: Literal["taylor", "magnitude", "random"] = Field("taylor", description="Group importance score.")
+    importance: Literal["obs", "taylor", "taylor2", "activation", "magnitude", "random"] = Field(
+        "obs",
+        description="Group importance: obs (the groups whose loss a least-squares refit of the remaining ones "
+        "absorbs best, chosen greedily: Optimal Brain Surgeon), taylor (first-order |w*grad|, LLM-Pruner's default), "
+        "taylor2 (plus its second-order Fisher term), activation (each group's output energy on calibration text, "
+        "Wanda/FLAP-like), weight magnitude, or random.",
+    )
+    reconstruct: bool = Field(
+        True,
+        description="Prune layer by layer on calibration text and refit o_proj/down_proj by least squares to what the "
+        "removed heads and channels contributed (no extra parameters; the folder stays stock).",
+    )
     calibration: Literal["curated", "generic"] = Field(
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
     )
-    calibration_samples: int = Field(32, ge=1, description="Calibration sequences.")
+    calibration_samples: int = Field(
+        128, ge=1, description="Calibration sequences; the refit gains from more (SmolLM2, 25% removed: medicine "
+        "perplexity 44.6 with 32, 33.5 with 128)."
+    )
     calibration_tokens: int = Field(128, ge=8, description="Tokens per calibration sequence.")
     prune_heads: bool = Field(True, description="Also prune query heads (evenly within each kv group).")
     seed: int = Field(0, description="Seed of the calibration sample and of random importance.")

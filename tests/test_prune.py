@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from finescope_core.config import PruneConfig
-from finescope_core.models import count_parameters, load_model
+from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.prune import plan_widths, prune_model
 
 CALIBRATION = ["The patient presented with chest pain and shortness of breath; an ECG was ordered. " * 6] * 4
@@ -58,6 +58,21 @@ def test_pruned_model_is_the_in_memory_pruned_model(tiny_model: Path, tmp_path: 
                        dense.model.layers[0].self_attn.q_proj.weight[kept_rows])
 
 
+def test_reconstruction_keeps_outputs_closer_to_the_dense_model(tiny_model: Path, tmp_path: Path):
+    """Refitting o_proj/down_proj on calibration text brings the pruned logits nearer the dense ones there."""
+    dense = load_model(tiny_model)
+    ids = torch.tensor([load_tokenizer(tiny_model)(CALIBRATION[0])["input_ids"][:64]])
+    with torch.no_grad():
+        target = dense(input_ids=ids).logits
+    errors = {}
+    for reconstruct in (True, False):
+        cfg = PruneConfig(ratio=0.01, importance="magnitude", reconstruct=reconstruct, calibration_tokens=32)
+        prune_model(tiny_model, CALIBRATION, tmp_path / str(reconstruct), cfg)
+        with torch.no_grad():
+            errors[reconstruct] = (load_model(tmp_path / str(reconstruct))(input_ids=ids).logits - target).norm()
+    assert errors[True] < 0.8 * errors[False]
+
+
 def test_heads_are_removed_evenly_per_kv_group(tiny_model: Path, tmp_path: Path):
     report = prune_model(tiny_model, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.01, importance="random"))
     for layer in report["layers"]:
@@ -93,3 +108,24 @@ def test_smollm2_quarter_pruned_reloads_exactly(smollm2: Path, tmp_path: Path):
     ids = torch.randint(0, 49152, (1, 16))
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, load_model(tmp_path / "p")(input_ids=ids).logits)
+
+
+@pytest.mark.integration
+def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, repo: Path, tmp_path: Path):
+    """On the real model, the default (OBS choice + least-squares refit) keeps held-out perplexity well below
+    LLM-Pruner's first-order Taylor scoring without refit, at the same 25% cut and calibration text."""
+    import json
+
+    from finescope_core.evaluate import Doc, perplexity
+
+    texts = [json.loads(line)["text"] for path in sorted((repo / "seeds").glob("*.jsonl"))
+             for line in path.read_text().splitlines() if line.strip()]
+    held_out, calibration = texts[::5], [t for i, t in enumerate(texts) if i % 5]
+    tokenizer = load_tokenizer(smollm2)
+    docs = [Doc(str(i), text) for i, text in enumerate(held_out)]
+    ppl = {}
+    for label, settings in {"default": {}, "taylor": {"importance": "taylor", "reconstruct": False}}.items():
+        cfg = PruneConfig(ratio=0.25, calibration_samples=32, **settings)
+        prune_model(smollm2, calibration, tmp_path / label, cfg)
+        ppl[label] = perplexity(load_model(tmp_path / label), tokenizer, docs, 128, 8, 10, 0)["ppl"]
+    assert ppl["default"] < 0.5 * ppl["taylor"], ppl
