@@ -11,9 +11,10 @@ from finescope_core.models import resolve
 from finescope_core.stages import read_seeds
 
 
-def check_run(config: RunConfig, needs_eval: bool = True) -> None:
+def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = True) -> None:
     """Raise a ValueError/FileNotFoundError/PermissionError naming the field if ``config`` cannot run."""
-    read_seeds(config.select.seeds)
+    if needs_seeds:
+        read_seeds(config.select.seeds)
     if config.data.pool and not storage.listdir(config.data.pool, ".parquet"):
         raise FileNotFoundError(f"data.pool={config.data.pool!r} holds no Parquet shards; give a folder of *.parquet")
     if needs_eval and config.data.pool and not config.data.eval_sets:

@@ -218,13 +218,26 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
     return run_stage(root, "curated", inputs, cfg, work)
 
 
+def calibration_file(uri: str) -> tuple[Ref, str]:
+    """A user's calibration Parquet file (a ``text`` column; curate's ``curated.parquet`` qualifies) as a reference
+    and file name, checked before any model is loaded."""
+    if not uri.endswith(".parquet") or not storage.exists(uri):
+        raise FileNotFoundError(f"calibration={uri!r} is not an existing .parquet file; give one with a text column")
+    table = storage.read_parquet(uri)
+    if "text" not in table.column_names or len(table) == 0:
+        raise ValueError(f"calibration={uri!r} has no rows in a 'text' column; the pruner needs calibration text")
+    folder, filename = uri.rsplit("/", 1) if "/" in uri else (".", uri)
+    return {"uri": folder, "fingerprint": source_fingerprint(uri)}, filename
+
+
 def calibration_texts(ref: Ref, filename: str, n: int, seed: int) -> list[str]:
-    table = storage.read_parquet(storage.join(ref["uri"], filename), ["text"])
-    texts = table["text"].to_pylist()
-    if filename == "docs.parquet":  # generic text: a random sample of the pool
-        rng = np.random.default_rng(seed)
-        texts = [texts[i] for i in rng.permutation(len(texts))[: n * 4]]
-    return texts
+    """Calibration documents in a seeded random order (the pruner reads them until it has its tokens); generic
+    text is a sample of the pool, curated text all of the curated set."""
+    texts = storage.read_parquet(storage.join(ref["uri"], filename), ["text"])["text"].to_pylist()
+    order = np.random.default_rng(seed).permutation(len(texts))
+    if filename == "docs.parquet":
+        order = order[: n * 4]
+    return [texts[i] for i in order]
 
 
 def pruned(root: str, model: Ref, calibration: Ref, filename: str, cfg: PruneConfig, device: str) -> Ref:
@@ -257,7 +270,8 @@ def as_original(row: dict, reason: str) -> dict:
     return {**row, "original": row["response"], "rewrite": None, "kept": "original", "reject_reason": reason}
 
 
-def finetune_examples(curated_ref: Ref, max_examples: int) -> list[dict]:
+def finetune_examples(curated_ref: Ref, max_examples: int | None) -> list[dict]:
+    """The best-ranked curated documents (all of them for None) as fine-tuning rows."""
     table = storage.read_parquet(storage.join(curated_ref["uri"], "curated.parquet"))
     rows = table.select(["doc_id", "text", "prompt", "response"]).to_pylist()
     return rows[:max_examples]

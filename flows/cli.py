@@ -63,6 +63,25 @@ def curate(args: argparse.Namespace) -> None:
     print(f"Curated: {refs['curated']['uri']}/curated.parquet ({refs['curated']['info']['n_docs']} documents)")
 
 
+def prune(args: argparse.Namespace) -> None:
+    from finescope_core.config import load_config
+    from finescope_core.preflight import check_run
+
+    overrides = {"model.name": args.model, "prune.ratio": args.ratio, "output": args.out}
+    config = load_config(args.config, {k: v for k, v in overrides.items() if v is not None} | _overrides(args.set))
+    if args.calibration:
+        from finescope_core.stages import calibration_file
+
+        calibration_file(args.calibration)
+    check_run(config, needs_eval=False, needs_seeds=not args.calibration)
+    _prepare_environment(config.output)
+    from flows.prune import prune as prune_flow
+
+    ref = prune_flow(config, args.calibration)
+    info = ref["info"]
+    print(f"Pruned: {ref['model_uri']} ({info['params_before']:,} -> {info['params_after']:,} parameters)")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="finescope", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -78,6 +97,14 @@ def parser() -> argparse.ArgumentParser:
     cur.add_argument("--out", help="output root URI")
     cur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     cur.set_defaults(handler=curate)
+    pru = commands.add_parser("prune", help="structured pruning calibrated on curated text")
+    pru.add_argument("--config", default="configs/demo.yaml", help="YAML config for the other settings")
+    pru.add_argument("--model", help="model name, local folder or hub id (default: the config's)")
+    pru.add_argument("--calibration", help="Parquet file with a text column (default: run curate first)")
+    pru.add_argument("--ratio", type=float, help="fraction of all parameters to remove")
+    pru.add_argument("--out", help="output root URI")
+    pru.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    pru.set_defaults(handler=prune)
     return root
 
 

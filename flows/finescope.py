@@ -6,6 +6,7 @@ from prefect import flow
 
 from finescope_core.config import RunConfig
 from flows.curate import curate
+from flows.prune import calibration_of
 from tasks.stages import distill_targets, evaluate_model, prune_model, publish_report, recover_model, write_manifest
 
 
@@ -14,8 +15,7 @@ def finescope(config: RunConfig) -> dict:
     """Build a compact model for ``config.domain``; returns the report's files and the run manifest."""
     root, device = config.output, config.model.device
     refs = curate(config)
-    calibration, filename = ((refs["curated"], "curated.parquet") if config.prune.calibration == "curated"
-                             else (refs["pool"], "docs.parquet"))
+    calibration, filename = calibration_of(config, refs)
     pruned = prune_model(root, refs["model"], calibration, filename, config.prune, device)
     distilled = distill_targets(root, refs["model"], refs["curated"], config.distill, device)
     recovered = recover_model(root, pruned, distilled, config.distill, device)

@@ -80,6 +80,12 @@ def select_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], 
     return _logged("curated", ref)
 
 
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+def calibration_source(uri: str) -> tuple[Ref, str]:
+    """A user's calibration Parquet file; fingerprinted by content each run, so not cached by Prefect."""
+    return stages.calibration_file(uri)
+
+
 @stage_task
 def prune_model(root: str, model: Ref, calibration: Ref, filename: str, prune: PruneConfig, device: str) -> Ref:
     ref = stages.pruned(root, model, calibration, filename, prune, device)

@@ -57,3 +57,12 @@ def test_unwritable_output(config: Path, tmp_path: Path, capsys):
     assert run(config, f"output={blocker / 'run'}") == 2
     assert_one_line_error(capsys, "output=", "not writable")
     assert blocker.read_text() == ""
+
+
+def test_prune_names_a_bad_calibration_file_or_ratio(config: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", "--config", str(config), "--out", str(out), "--calibration", "/nonexistent/c.parquet"]) == 2
+    assert_one_line_error(capsys, "calibration=", "c.parquet")
+    assert main(["prune", "--config", str(config), "--out", str(out), "--ratio", "1.5"]) == 2
+    assert_one_line_error(capsys, "prune.ratio")
+    assert not out.exists()

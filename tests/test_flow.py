@@ -49,3 +49,11 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
                            "--seeds", "seeds/medicine.jsonl", "--budget", "20")
     line = next(line for line in curated.stdout.splitlines() if line.startswith("Curated: "))
     assert line.startswith(f"Curated: {manifest['curated']['uri']}/curated.parquet (20 documents)")
+
+    calibration = Path(manifest["curated"]["uri"]) / "curated.parquet"
+    pruned = finescope(repo, tmp_path, "prune", "--config", "configs/tiny.yaml", "--out", str(tmp_path / "alone"),
+                       "--calibration", str(calibration), "--ratio", "0.01")
+    line = next(line for line in pruned.stdout.splitlines() if line.startswith("Pruned: "))
+    folder = Path(line.removeprefix("Pruned: ").split(" (")[0])
+    assert folder.is_relative_to(tmp_path / "alone") and (folder / "config.json").is_file()
+    assert json.loads((folder / "pruning.json").read_text())["params_after"] == metrics["pruned"]["params"]

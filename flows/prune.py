@@ -1,0 +1,33 @@
+"""The pruning flow: structured pruning of the base model, calibrated on curated domain text."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from finescope_core.config import RunConfig
+from flows.curate import curate
+from tasks.stages import calibration_source, prune_model, resolve_model
+
+
+@flow(name="prune", log_prints=True)
+def prune(config: RunConfig, calibration: str | None = None) -> dict:
+    """Prune ``config.model`` by ``config.prune.ratio`` of its parameters; returns the pruned model's reference.
+
+    ``calibration`` is a Parquet file with a ``text`` column (for example curate's ``curated.parquet``). Without it,
+    the curate flow runs first and its curated documents (or, with ``prune.calibration=generic``, the pool) are used.
+    """
+    if calibration:
+        model = resolve_model(config.model)
+        source, filename = calibration_source(calibration)
+    else:
+        refs = curate(config)
+        model = refs["model"]
+        source, filename = calibration_of(config, refs)
+    return prune_model(config.output, model, source, filename, config.prune, config.model.device)
+
+
+def calibration_of(config: RunConfig, curate_refs: dict) -> tuple[dict, str]:
+    """The calibration text the config asks for: the curated documents, or the pool for generic calibration."""
+    if config.prune.calibration == "curated":
+        return curate_refs["curated"], "curated.parquet"
+    return curate_refs["pool"], "docs.parquet"
