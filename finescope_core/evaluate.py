@@ -287,10 +287,21 @@ def mc_accuracy(
     max_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Cloze accuracy: the predicted choice has the highest log-likelihood per character; 95% CI over items."""
-    logliks = choice_logliks(model, tokenizer, items, batch_size, max_tokens)
-    correct = np.array([int(np.argmax(predict_scores(item, ll))) == item.answer for item, ll in zip(items, logliks)])
+    correct = mc_correct(model, tokenizer, items, batch_size, max_tokens)
     resampled = bootstrap_counts(len(items), resamples, seed) @ correct / len(items)
     return {"acc": float(correct.mean()), "acc_ci": percentile_ci(resampled), "n_mc": len(items)}
+
+
+def mc_correct(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[MCItem],
+    batch_size: int,
+    max_tokens: int | None = None,
+) -> np.ndarray:
+    """Whether the model's cloze prediction is right, item by item (for CIs that pool several runs)."""
+    logliks = choice_logliks(model, tokenizer, items, batch_size, max_tokens)
+    return np.array([int(np.argmax(predict_scores(item, ll))) == item.answer for item, ll in zip(items, logliks)])
 
 
 def predict_scores(item: MCItem, logliks: np.ndarray) -> np.ndarray:

@@ -165,3 +165,26 @@ def _plot_perplexity(ax: Axes, results: Results, domain: str, colours: dict[str,
     ax.set_ylabel("perplexity (95% CI" + (", log scale)" if log else ")"))
     ax.tick_params(axis="x", labelrotation=20)
     ax.grid(alpha=0.3, axis="y")
+
+
+def ablation_png(table: dict[str, dict[str, Any]], title: str) -> bytes:
+    """Ablation bars per domain: each variant's accuracy; a [mean, lo, hi] value gets CI whiskers."""
+    domains = list(table)
+    figure = Figure(figsize=(4.5 * len(domains) + 0.5, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    for ax, domain in zip(figure.subplots(1, len(domains), squeeze=False)[0], domains):
+        labels = list(table[domain])
+        values = [table[domain][label] for label in labels]
+        means = [v[0] if isinstance(v, list) else v for v in values]
+        errors = [[m - v[1] if isinstance(v, list) else 0 for m, v in zip(means, values)],
+                  [v[2] - m if isinstance(v, list) else 0 for m, v in zip(means, values)]]
+        ax.bar(labels, means, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(labels))])
+        ax.set_title(f"{domain}: cloze accuracy")
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.grid(alpha=0.3, axis="y")
+    figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()

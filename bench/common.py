@@ -1,0 +1,30 @@
+"""What the benchmarks share: the curation stages for one demo domain, run without Prefect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finescope_core import stages
+from finescope_core.config import RunConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def curated_refs(config: RunConfig, domain: str) -> tuple[dict, dict, dict]:
+    """(model, corpus, {"curated": ..., "generic": pool}) references for ``domain``: the curation stages without
+    Prefect (as flows/curate.py chains them), cached under the run root."""
+    root, device = config.output, config.model.device
+    model = stages.model_ref(config.model)
+    corpus = stages.corpus(root, config.data)
+    pool = stages.pool(root, corpus, config.data)
+    seeds = stages.seeds(root, str(REPO / "seeds" / f"{domain}.jsonl"))
+    pool_acts = stages.dump(root, model, pool, config.dump, config.model)
+    seed_acts = stages.dump(root, model, seeds, config.dump, config.model)
+    sae = stages.sae(root, pool_acts, config.sae, device)
+    pooling = "max" if config.select.pooling == "max" else "mean"
+    vectors = {"pool_acts": pool_acts, "seed_acts": seed_acts,
+               "pool_emb": stages.embeddings(root, pool_acts, sae, pooling, device),
+               "seed_emb": stages.embeddings(root, seed_acts, sae, pooling, device)}
+    select = config.select.model_copy(update={"seeds": str(REPO / "seeds" / f"{domain}.jsonl")})
+    curated = stages.curated(root, pool, seeds, vectors, corpus["eval"], select)
+    return model, corpus, {"curated": curated, "generic": pool}

@@ -1,0 +1,128 @@
+"""Pruning quality, memory and speed on SmolLM2 at 25% of parameters removed, against LLM-Pruner's figures.
+
+Usage: .venv/bin/python bench/prune.py [--domains medicine math] [--ratio 0.25] [--eval-docs 200]
+For each domain the demo config curates calibration data (dump -> SAE -> select, cached under --output); the model is
+pruned with the default settings calibrated on that curated data and on generic pool text, then with magnitude,
+random and Taylor importance (Taylor also without the least-squares refit: LLM-Pruner's scoring), and each is scored
+by held-out perplexity (no recovery). The pruning step runs once more in a
+child process to read its peak RSS; dense and pruned forwards alternate in one process for the speed-up.
+Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from common import REPO, curated_refs
+
+from finescope_core import stages
+from finescope_core.config import PruneConfig, load_config
+from finescope_core.evaluate import perplexity, read_docs
+from finescope_core.models import load_model, load_tokenizer
+
+VARIANTS = {  # label -> (calibration text, settings that differ from the config's)
+    "curated": ("curated", {}),
+    "generic": ("generic", {}),
+    "magnitude": ("curated", {"importance": "magnitude"}),
+    "random": ("curated", {"importance": "random"}),
+    "taylor": ("curated", {"importance": "taylor"}),
+    "taylor_no_refit": ("curated", {"importance": "taylor", "reconstruct": False}),  # LLM-Pruner's scoring as is
+}
+SPEED_SHAPE = (8, 256)
+
+
+def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> float:
+    """Peak resident memory (bytes) of a process that loads the model and prunes it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        texts_file = Path(scratch) / "texts.json"
+        texts_file.write_text(json.dumps(texts))
+        code = ("import json, resource, sys; from pathlib import Path; from finescope_core.config import PruneConfig;"
+                "from finescope_core.prune import prune_model;"
+                "prune_model(sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]) / 'out',"
+                "PruneConfig.model_validate_json(sys.argv[4]));"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        done = subprocess.run([sys.executable, "-c", code, model_uri, str(texts_file), scratch, cfg.model_dump_json()],
+                              check=True, capture_output=True, text=True)
+    return int(done.stdout.strip().splitlines()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def alternating_speed(dense, pruned, rounds: int = 3, repeats: int = 3) -> tuple[float, float]:
+    """Forward tokens/s of both models on one random batch, timed alternately so machine drift hits both alike."""
+    input_ids = torch.randint(dense.config.vocab_size, SPEED_SHAPE, generator=torch.Generator().manual_seed(0))
+    times: dict[int, list[float]] = {0: [], 1: []}
+    with torch.inference_mode():
+        for model in (dense, pruned):
+            model(input_ids=input_ids, use_cache=False)  # warm-up
+        for _ in range(rounds):
+            for which, model in enumerate((dense, pruned)):
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model(input_ids=input_ids, use_cache=False)
+                    times[which].append(time.perf_counter() - start)
+    tokens = SPEED_SHAPE[0] * SPEED_SHAPE[1]
+    return tokens / statistics.median(times[0]), tokens / statistics.median(times[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"), help="curation settings")
+    parser.add_argument("--output", default=str(REPO / "runs" / "bench-prune"))
+    parser.add_argument("--domains", nargs="+", default=["medicine", "math"])
+    parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--eval-docs", type=int, default=200)
+    parser.add_argument("--eval-tokens", type=int, default=256)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a prune setting for every variant, e.g. --set calibration_samples=64")
+    args = parser.parse_args()
+
+    config = load_config(args.config, {"output": args.output})  # the curation settings
+    overrides = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
+    base_prune = PruneConfig(ratio=args.ratio, **overrides)  # the library's defaults, not the demo's
+    ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in VARIANTS}}
+    pruned_uri, calibration_of_first, counts = None, None, {}
+    for domain in args.domains:
+        model_ref, corpus, calibration = curated_refs(config, domain)
+        docs = read_docs(corpus["eval"], domain, args.eval_docs)
+        dense = load_model(model_ref["uri"])
+        tokenizer = load_tokenizer(model_ref["uri"])
+        ppl["dense"][domain] = perplexity(dense, tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"]
+        for label, (source, settings) in VARIANTS.items():
+            cfg = base_prune.model_copy(update={"calibration": source, **settings})
+            filename = "curated.parquet" if source == "curated" else "docs.parquet"
+            ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
+            model = load_model(stages.model_folder(ref))
+            ppl[label][domain] = perplexity(model, tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"]
+            counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
+            if label == "curated" and pruned_uri is None:
+                pruned_uri = stages.model_folder(ref)
+                calibration_of_first = (stages.calibration_texts(calibration[source], filename,
+                                                                 cfg.calibration_samples, cfg.seed), cfg)
+    model_bytes = 4 * counts["params_before"]
+    peak = peak_rss_of_pruning(model_ref["uri"], *calibration_of_first)
+    dense_tok_s, pruned_tok_s = alternating_speed(load_model(model_ref["uri"]), load_model(pruned_uri))
+
+    print(f"SmolLM2 {counts['params_before'] / 1e6:.1f}M -> {counts['params_after'] / 1e6:.1f}M parameters "
+          f"({1 - counts['params_after'] / counts['params_before']:.2%} removed); prune settings: "
+          f"{base_prune.model_dump(exclude_defaults=True)}; {args.eval_docs} docs x {args.eval_tokens} tokens/domain")
+    print(f"{'perplexity':<12}" + "".join(f"{d:>12}" for d in args.domains))
+    for label, row in ppl.items():
+        print(f"{label:<12}" + "".join(f"{row[d]:>12.2f}" for d in args.domains))
+    print(f"peak RSS of pruning: {peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}x the fp32 model "
+          f"({model_bytes / 2**30:.2f} GiB)")
+    print(f"forward {SPEED_SHAPE}: dense {dense_tok_s:.0f} tok/s, pruned {pruned_tok_s:.0f} tok/s")
+    print(json.dumps({**counts, "peak_rss_ratio": round(peak / model_bytes, 3),
+                      "speedup": round(pruned_tok_s / dense_tok_s, 3),
+                      "ppl": {label: {d: round(v, 2) for d, v in row.items()} for label, row in ppl.items()}}))
+
+
+if __name__ == "__main__":
+    main()
