@@ -1,6 +1,7 @@
 """Curation precision on the demo pool: SAE selection against the MiniLM, raw-activation and random baselines.
 
-Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layer L] [--max-tokens 64] [--pooling mean]
+Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layer L] [--max-tokens 64] [--pooling idf]
+       [--power 0.5]
 For every demo domain, its seeds file selects M documents (M in 100, 500) from the same mixed pool with each method;
 precision@M is the fraction of selected documents whose source domain is the target. Stages are cached under
 --output, so a second run with other selection settings reuses the dump and the SAE.
@@ -18,7 +19,7 @@ import numpy as np
 from finescope_core import stages, storage
 from finescope_core.config import DataConfig, DumpConfig, ModelConfig, SAEConfig, SelectConfig
 from finescope_core.corpus import DOMAINS
-from finescope_core.embed import idf_weights, minilm_embeddings, raw_activation_embeddings, read_embeddings
+from finescope_core.embed import minilm_embeddings, raw_activation_embeddings, read_embeddings, selection_vectors
 from finescope_core.ngrams import NgramIndex
 from finescope_core.select import max_cosine, select_top
 
@@ -38,7 +39,8 @@ def main() -> None:
     parser.add_argument("--max-pool-docs", type=int, default=5000)
     parser.add_argument("--layer", type=int, default=None, help="captured layer (default: the middle one)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--pooling", choices=["mean", "max", "idf"], default="mean")
+    parser.add_argument("--pooling", choices=["mean", "max", "idf"], default=SelectConfig().pooling)
+    parser.add_argument("--power", type=float, default=SelectConfig().power, help="power normalisation of SAE codes")
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--training-tokens", type=int, default=204_800)
@@ -70,9 +72,7 @@ def main() -> None:
         "raw_act": aligned(order, *raw_activation_embeddings(storage.join(acts["uri"], "pooled"), layer)),
         "minilm": minilm_embeddings(texts),
     }
-    weights = idf_weights(pool_vectors["sae"]) if args.pooling == "idf" else None
-    if weights is not None:
-        pool_vectors["sae"] = pool_vectors["sae"] * weights
+    pool_codes = pool_vectors["sae"]
     contamination = NgramIndex(stages.eval_texts(corpus["eval"]))
     precision = {f"precision_at_{m}": {method: {} for method in METHODS} for m in BUDGETS}
     for domain in DOMAINS:
@@ -86,8 +86,8 @@ def main() -> None:
             "raw_act": aligned(seed_ids, *raw_activation_embeddings(storage.join(seed_acts["uri"], "pooled"), layer)),
             "minilm": minilm_embeddings(seed_table["text"].to_pylist()),
         }
-        if weights is not None:
-            seed_vectors["sae"] = seed_vectors["sae"] * weights
+        pool_vectors["sae"], seed_vectors["sae"] = selection_vectors(pool_codes, seed_vectors["sae"], args.pooling,
+                                                                     args.power)
         for method in METHODS:
             if method == "random":
                 rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def main() -> None:
                 hits = domains_of[chosen.indices] == domain
                 precision[f"precision_at_{budget}"][method][domain] = round(float(hits.mean()), 3)
     print(f"pool: {len(order)} documents ({', '.join(f'{d} {int((domains_of == d).sum())}' for d in DOMAINS)}); "
-          f"layer {layer}, {args.max_tokens} tokens/doc, SAE {sae['info']}, pooling {args.pooling}")
+          f"layer {layer}, {args.max_tokens} tokens/doc, SAE {sae['info']}, pooling {args.pooling}, power {args.power}")
     for key, table in precision.items():
         print(f"\n{key}")
         print(f"{'method':<10}" + "".join(f"{d:>10}" for d in DOMAINS) + f"{'mean':>10}")

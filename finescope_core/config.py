@@ -88,6 +88,10 @@ class SelectConfig(StageConfig):
         "idf", description="How token SAE codes pool into a document: mean, max, or mean weighted by each latent's "
         "inverse document frequency over the pool (bench/curation.py: precision@500 0.894 against 0.768 for mean)."
     )
+    power: float = Field(
+        0.5, gt=0, le=1, description="Pooled SAE codes are raised to this power before the cosine (power "
+        "normalisation: a few dominant latents no longer decide every score); 1 turns it off."
+    )
     method: Literal["sae", "minilm", "raw_act", "random"] = Field(
         "sae", description="Selection method: SAE codes (FineScope) or a baseline at equal budget."
     )

@@ -69,6 +69,16 @@ def idf_weights(pooled: np.ndarray) -> np.ndarray:
     return np.log((1 + len(pooled)) / (1 + df)) + 1.0
 
 
+def selection_vectors(docs: np.ndarray, seeds: np.ndarray, pooling: str, power: float):
+    """Pooled SAE codes as compared at selection: raised to ``power`` (power normalisation, which keeps a few
+    dominant latents from deciding every cosine) and, for idf pooling, weighted by the pool's idf."""
+    docs, seeds = np.power(docs, power), np.power(seeds, power)
+    if pooling == "idf":
+        weights = idf_weights(docs)
+        docs, seeds = docs * weights, seeds * weights
+    return docs, seeds
+
+
 def embed_with_sae(tokens_uri: str, layer: int, sae, pooling: str,
                    coordinates: list[int] | None = None) -> tuple[list[str], np.ndarray]:
     """Unnormalised pooled SAE codes of every document of a dump (all shards), in shard order."""

@@ -153,16 +153,13 @@ def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarr
 
 def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table, refs: dict[str, Ref]):
     """Pool and seed vectors of the configured selection method, rows aligned with the tables."""
-    from finescope_core.embed import idf_weights, minilm_embeddings, raw_activation_embeddings, read_embeddings
+    from finescope_core.embed import minilm_embeddings, raw_activation_embeddings, read_embeddings, selection_vectors
 
     pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
     if cfg.method == "sae":
         docs = _aligned(pool_ids, *read_embeddings(storage.join(refs["pool_emb"]["uri"], "embeddings.parquet")))
         seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], "embeddings.parquet")))
-        if cfg.pooling == "idf":
-            weights = idf_weights(docs)
-            docs, seeds_ = docs * weights, seeds_ * weights
-        return docs, seeds_
+        return selection_vectors(docs, seeds_, cfg.pooling, cfg.power)
     if cfg.method == "raw_act":
         layer = refs["pool_acts"]["info"]["layers"][0]
         docs = _aligned(pool_ids, *raw_activation_embeddings(storage.join(refs["pool_acts"]["uri"], "pooled"), layer))

@@ -6,7 +6,7 @@ import pytest
 from finescope_core import storage
 from finescope_core.activations import dump_activations
 from finescope_core.config import DumpConfig, SAEConfig
-from finescope_core.embed import embed_with_sae, idf_weights, l2_normalise, pool_codes
+from finescope_core.embed import embed_with_sae, idf_weights, l2_normalise, pool_codes, selection_vectors
 from finescope_core.ngrams import NgramIndex
 from finescope_core.sae import fit_sae, load_sae
 from finescope_core.select import max_cosine, select_top
@@ -128,3 +128,14 @@ def test_sae_on_gradient_selected_coordinates(tiny_model: Path, tmp_path: Path):
     assert pooled.shape == (16, 32)
     with pytest.raises(ValueError, match=r"dump\.sensitivity_docs"):
         fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae2"), cfg, sensitivity_uri=None)
+
+
+def test_power_normalisation_lets_many_shared_latents_outweigh_one_dominant_latent():
+    seed = np.array([[9.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
+    one_big = np.array([9.0, 0.0, 0.0, 0.0, 0.0, 3.0])  # shares only the dominant latent
+    many_small = np.array([0.5, 1.0, 1.0, 1.0, 1.0, 0.0])  # shares the seed's whole pattern, weakly
+    docs = np.stack([one_big, many_small])
+    plain = max_cosine(*selection_vectors(docs, seed, "mean", 1.0))
+    powered = max_cosine(*selection_vectors(docs, seed, "mean", 0.5))
+    assert plain[0] > plain[1] and powered[1] > powered[0]
+    assert np.allclose(selection_vectors(docs, seed, "mean", 1.0)[0], docs)
