@@ -217,3 +217,15 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+
+
+def reference_table(model: type[BaseModel] = RunConfig, prefix: str = "") -> str:
+    """The README's config reference: one Markdown row per field (dotted name, default, description)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows.append(reference_table(field.annotation, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append(f"| `{prefix}{name}` | `{default!r}` | {(field.description or '').replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)

@@ -43,3 +43,11 @@ def test_sae_coordinates_need_sensitivity_scores(tmp_path: Path):
         load_config(write(tmp_path, "sae:\n  input_coordinates: 128\n"))
     config = load_config(write(tmp_path, "sae:\n  input_coordinates: 128\ndump:\n  sensitivity_docs: 32\n"))
     assert config.sae.input_coordinates == 128
+
+
+def test_readme_config_reference_is_current(repo: Path):
+    from finescope_core.config import reference_table
+
+    assert reference_table() in (repo / "README.md").read_text(), (
+        "README's config reference is stale: replace its rows with "
+        "python -c 'from finescope_core.config import reference_table; print(reference_table())'")
