@@ -102,7 +102,8 @@ def run_layer(layer, inputs: LayerInputs, index: int) -> list[torch.Tensor]:
 def damped(gram: torch.Tensor) -> torch.Tensor:
     """The Gram matrix plus a small ridge, so that inputs that are (nearly) always zero or collinear stay solvable."""
     gram = gram.double()
-    return gram + DAMPING * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(len(gram), dtype=gram.dtype)
+    ridge = DAMPING * gram.diagonal().mean().clamp_min(1e-12)
+    return gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
 
 
 def refit_columns(weight: torch.Tensor, gram: torch.Tensor, kept: list[int]) -> torch.Tensor:

@@ -29,17 +29,17 @@ def obs_removal(weight: torch.Tensor, gram: torch.Tensor, block: int, groups: in
     step = max(1, -(-total // ROUNDS))
     group_of = torch.arange(n_blocks) // per_group_blocks
     while len(removed) < total:
-        gone = torch.zeros(n_blocks, dtype=torch.bool)
+        gone = torch.zeros(n_blocks, dtype=torch.bool, device=w.device)
         gone[removed] = True
         cost = _block_costs(w, h_inv, block, gone)
-        cost[gone | (quota[group_of] == 0)] = float("inf")
+        cost[gone | (quota[group_of] == 0).to(w.device)] = float("inf")
         chosen = []
         for b in cost.argsort()[: min(step, total - len(removed))].tolist():
             if quota[group_of[b]] > 0:  # a group with one place left may be picked twice in a round
                 quota[group_of[b]] -= 1
                 chosen.append(b)
         removed += chosen
-        _remove(w, h_inv, torch.cat([torch.arange(b * block, (b + 1) * block) for b in chosen]))
+        _remove(w, h_inv, torch.cat([torch.arange(b * block, (b + 1) * block, device=w.device) for b in chosen]))
     return sorted(removed)
 
 
@@ -48,7 +48,7 @@ def _block_costs(w: torch.Tensor, h_inv: torch.Tensor, block: int, gone: torch.T
     if block == 1:
         return w.pow(2).sum(0) / torch.where(gone, 1.0, h_inv.diagonal())
     h_blocks = h_inv.view(n_blocks, block, n_blocks, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1).clone()
-    h_blocks[gone] = torch.eye(block, dtype=h_inv.dtype)  # removed blocks are singular; their cost is not used
+    h_blocks[gone] = torch.eye(block, dtype=h_inv.dtype, device=h_inv.device)  # removed blocks are singular; their cost is not used
     w_blocks = w.view(w.shape[0], n_blocks, block).permute(1, 0, 2)  # [blocks, out, block]
     return (torch.linalg.solve(h_blocks, w_blocks.transpose(1, 2)).transpose(1, 2) * w_blocks).sum((1, 2))
 
