@@ -150,6 +150,11 @@ class EvalConfig(StageConfig):
     )
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples for 95% confidence intervals.")
     batch_size: int = Field(8, ge=1, description="Sequences per forward batch.")
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks to run as well (needs lm_eval installed and "
+        "the tasks' data reachable); finescope_<domain>_mc runs our eval set of that domain through the harness."
+    )
+    harness_limit: int | None = Field(None, ge=1, description="Items per harness task (empty: all).")
 
 
 class RunConfig(StageConfig):

@@ -96,7 +96,13 @@ def evaluate_model(
         }
         for domain, (items, docs) in sets.items()
     }
-    return {"params": count_parameters(model), "tokens_per_s": tokens_per_second(model, seed), "domains": results}
+    result = {"params": count_parameters(model), "tokens_per_s": tokens_per_second(model, seed), "domains": results}
+    if cfg.harness_tasks:
+        from finescope_core.harness import run_harness
+
+        result["harness"] = run_harness(folder, cfg.harness_tasks, eval_uri, domains, cfg.harness_limit,
+                                        cfg.batch_size, device)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------- eval sets

@@ -48,7 +48,8 @@ def _block_costs(w: torch.Tensor, h_inv: torch.Tensor, block: int, gone: torch.T
     if block == 1:
         return w.pow(2).sum(0) / torch.where(gone, 1.0, h_inv.diagonal())
     h_blocks = h_inv.view(n_blocks, block, n_blocks, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1).clone()
-    h_blocks[gone] = torch.eye(block, dtype=h_inv.dtype, device=h_inv.device)  # removed blocks are singular; their cost is not used
+    # removed blocks are singular; their cost is not used
+    h_blocks[gone] = torch.eye(block, dtype=h_inv.dtype, device=h_inv.device)
     w_blocks = w.view(w.shape[0], n_blocks, block).permute(1, 0, 2)  # [blocks, out, block]
     return (torch.linalg.solve(h_blocks, w_blocks.transpose(1, 2)).transpose(1, 2) * w_blocks).sum((1, 2))
 

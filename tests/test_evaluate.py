@@ -237,3 +237,14 @@ def test_long_multiple_choice_contexts_lose_their_beginning(tiny_model):
     (cut, n_cut), = cloze_sequences(tokenizer, [(context, " acute appendicitis")], max_tokens=32)
     assert len(full) > 32 and len(cut) == 32 and n_cut == n_full
     assert cut[0] == full[0] and cut[1:] == full[-31:]
+
+
+def test_harness_adapter_scores_our_eval_set_like_our_harness(balanced_set, tiny):
+    """lm-evaluation-harness, fed our eval set as a task, reaches the accuracy our own cloze scoring gives."""
+    result = evaluate_model(tiny, str(balanced_set), ["science"],
+                            cfg(mc_items=40, ppl_docs=2, harness_tasks=["finescope_science_mc"], harness_limit=40))
+    harness = result["harness"]["finescope_science_mc"]
+    assert harness["sample_len"] == 40
+    assert harness["acc_norm"] == result["domains"]["science"]["acc"] == 0.5
+    with pytest.raises(ValueError, match="unknown task"):
+        evaluate_model(tiny, str(balanced_set), ["science"], cfg(mc_items=4, ppl_docs=2, harness_tasks=["nope_mc"]))
