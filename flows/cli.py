@@ -49,12 +49,18 @@ def run(args: argparse.Namespace) -> None:
     print(f"Manifest: {result['manifest']}")
 
 
-def curate(args: argparse.Namespace) -> None:
+def _flow_config(args: argparse.Namespace, options: dict):
+    """The config file with the subcommand's options (those given) and --set overrides applied."""
     from finescope_core.config import load_config
+
+    given = {key: value for key, value in (options | {"output": args.out}).items() if value is not None}
+    return load_config(args.config, given | _overrides(args.set))
+
+
+def curate(args: argparse.Namespace) -> None:
     from finescope_core.preflight import check_run
 
-    overrides = {"data.pool": args.pool, "select.seeds": args.seeds, "select.budget": args.budget, "output": args.out}
-    config = load_config(args.config, {k: v for k, v in overrides.items() if v is not None} | _overrides(args.set))
+    config = _flow_config(args, {"data.pool": args.pool, "select.seeds": args.seeds, "select.budget": args.budget})
     check_run(config, needs_eval=False)
     _prepare_environment(config.output)
     from flows.curate import curate as curate_flow
@@ -64,11 +70,9 @@ def curate(args: argparse.Namespace) -> None:
 
 
 def prune(args: argparse.Namespace) -> None:
-    from finescope_core.config import load_config
     from finescope_core.preflight import check_run
 
-    overrides = {"model.name": args.model, "prune.ratio": args.ratio, "output": args.out}
-    config = load_config(args.config, {k: v for k, v in overrides.items() if v is not None} | _overrides(args.set))
+    config = _flow_config(args, {"model.name": args.model, "prune.ratio": args.ratio})
     if args.calibration:
         from finescope_core.stages import calibration_file
 
@@ -89,23 +93,25 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
     run_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     run_cmd.set_defaults(handler=run)
-    cur = commands.add_parser("curate", help="select domain documents from a pool (SAE-guided)")
-    cur.add_argument("--config", default="configs/demo.yaml", help="YAML config for the other settings")
+    cur = _flow_command(commands, "curate", "select domain documents from a pool (SAE-guided)", curate)
     cur.add_argument("--pool", help="URI of the pool's Parquet shards (default: the demo corpus)")
     cur.add_argument("--seeds", help="JSONL seed examples")
     cur.add_argument("--budget", type=int, help="documents to keep")
-    cur.add_argument("--out", help="output root URI")
-    cur.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    cur.set_defaults(handler=curate)
-    pru = commands.add_parser("prune", help="structured pruning calibrated on curated text")
-    pru.add_argument("--config", default="configs/demo.yaml", help="YAML config for the other settings")
+    pru = _flow_command(commands, "prune", "structured pruning calibrated on curated text", prune)
     pru.add_argument("--model", help="model name, local folder or hub id (default: the config's)")
     pru.add_argument("--calibration", help="Parquet file with a text column (default: run curate first)")
     pru.add_argument("--ratio", type=float, help="fraction of all parameters to remove")
-    pru.add_argument("--out", help="output root URI")
-    pru.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    pru.set_defaults(handler=prune)
     return root
+
+
+def _flow_command(commands, name: str, help_text: str, handler) -> argparse.ArgumentParser:
+    """A subcommand that runs one flow: --config for the other settings, --out, --set."""
+    command = commands.add_parser(name, help=help_text)
+    command.add_argument("--config", default="configs/demo.yaml", help="YAML config for the other settings")
+    command.add_argument("--out", help="output root URI")
+    command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    command.set_defaults(handler=handler)
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
