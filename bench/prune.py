@@ -24,7 +24,7 @@ import torch
 import yaml
 from common import REPO, curated_refs
 
-from finescope_core import stages
+from finescope_core import stages, storage
 from finescope_core.config import PruneConfig, load_config
 from finescope_core.evaluate import perplexity, read_docs
 from finescope_core.models import load_model, load_tokenizer
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--eval-docs", type=int, default=200)
     parser.add_argument("--eval-tokens", type=int, default=256)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a prune setting for every variant, e.g. --set calibration_samples=64")
     args = parser.parse_args()
@@ -87,20 +88,31 @@ def main() -> None:
     config = load_config(args.config, {"output": args.output})  # the curation settings
     overrides = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
     base_prune = PruneConfig(ratio=args.ratio, **overrides)  # the library's defaults, not the demo's
-    ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in VARIANTS}}
+    variants = {label: VARIANTS[label] for label in args.variants}
+    ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in variants}}
+    cache = Path(args.output) / "perplexity"
+
+    def held_out_ppl(model_uri: str, key: str, tokenizer, docs) -> float:
+        """Perplexity on the domain's held-out docs, kept as JSON per model so a rerun resumes."""
+        path = cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json"
+        if not path.is_file():
+            value = perplexity(load_model(model_uri), tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"]
+            storage.write_json(str(path), value)
+        return json.loads(path.read_text())
+
     pruned_uri, calibration_of_first, counts = None, None, {}
     for domain in args.domains:
         model_ref, corpus, calibration = curated_refs(config, domain)
         docs = read_docs(corpus["eval"], domain, args.eval_docs)
-        dense = load_model(model_ref["uri"])
         tokenizer = load_tokenizer(model_ref["uri"])
-        ppl["dense"][domain] = perplexity(dense, tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"]
-        for label, (source, settings) in VARIANTS.items():
+        ppl["dense"][domain] = held_out_ppl(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}", tokenizer,
+                                             docs)
+        for label, (source, settings) in variants.items():
             cfg = base_prune.model_copy(update={"calibration": source, **settings})
             filename = "curated.parquet" if source == "curated" else "docs.parquet"
             ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
-            model = load_model(stages.model_folder(ref))
-            ppl[label][domain] = perplexity(model, tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"]
+            folder = str(stages.model_folder(ref))
+            ppl[label][domain] = held_out_ppl(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs)
             counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
             if label == "curated" and pruned_uri is None:
                 pruned_uri = stages.model_folder(ref)
