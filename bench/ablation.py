@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import REPO, curated_refs
+from common import REPO, cached, curated_refs
 
 from finescope_core import stages, storage
 from finescope_core.config import DistillConfig, RunConfig, load_config
@@ -66,15 +66,6 @@ def training_sets(config: RunConfig, model_ref: dict, refs: dict, seed: int, tok
 def correctness(folder: Path, items, config: RunConfig) -> list[int]:
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     return mc_correct(model, tokenizer, items, config.eval.batch_size, config.eval.mc_max_tokens).astype(int).tolist()
-
-
-def cached(path: Path, compute, *args) -> list[int]:
-    """``compute(*args)``, computed once and kept as JSON (written atomically), so an interrupted bench resumes."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    value = compute(*args)
-    storage.write_json(str(path), value)
-    return value
 
 
 def summary(runs: list[list[int]], resamples: int = 2000) -> list[float]:

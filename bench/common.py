@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from finescope_core import stages
+from finescope_core import stages, storage
 from finescope_core.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,3 +29,12 @@ def curated_refs(config: RunConfig, domain: str) -> tuple[dict, dict, dict]:
     select = config.select.model_copy(update={"seeds": str(REPO / "seeds" / f"{domain}.jsonl")})
     curated = stages.curated(root, pool, seeds, vectors, corpus["eval"], select)
     return model, corpus, {"curated": curated, "generic": pool}
+
+
+def cached(path: Path, compute, *args):
+    """``compute(*args)``, computed once and kept as JSON (written atomically), so an interrupted bench resumes."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute(*args)
+    storage.write_json(str(path), value)
+    return value

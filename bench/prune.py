@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from common import REPO, curated_refs
+from common import REPO, cached, curated_refs
 
-from finescope_core import stages, storage
+from finescope_core import stages
 from finescope_core.config import PruneConfig, load_config
 from finescope_core.evaluate import perplexity, read_docs
 from finescope_core.models import load_model, load_tokenizer
@@ -93,12 +93,9 @@ def main() -> None:
     cache = Path(args.output) / "perplexity"
 
     def held_out_ppl(model_uri: str, key: str, tokenizer, docs) -> float:
-        """Perplexity on the domain's held-out docs, kept as JSON per model so a rerun resumes."""
-        path = cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json"
-        if not path.is_file():
-            value = perplexity(load_model(model_uri), tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"]
-            storage.write_json(str(path), value)
-        return json.loads(path.read_text())
+        """Perplexity on the domain's held-out docs, kept per model so a rerun resumes."""
+        return cached(cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json", lambda: perplexity(
+            load_model(model_uri), tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"])
 
     pruned_uri, calibration_of_first, counts = None, None, {}
     for domain in args.domains:

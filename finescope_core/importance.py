@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from finescope_core.activations import decoder_layers
+from finescope_core.layerwise import diagonal_blocks
 from finescope_core.progress import progress
 
 # Weight name -> the dimension that is summed away to leave one score per output row (0) or input column (1).
@@ -64,9 +65,8 @@ def activation_scores(layer, attn_gram: torch.Tensor, mlp_gram: torch.Tensor, sh
     """Output energy of each query head (through ``o_proj``) and each MLP channel (through ``down_proj``)."""
     o = layer.self_attn.o_proj.weight.detach().double()
     head_cols = o.view(o.shape[0], shape.n_kv * shape.n_rep, shape.head_dim)
-    blocks = attn_gram.view(shape.n_kv * shape.n_rep, shape.head_dim, shape.n_kv * shape.n_rep, shape.head_dim)
-    diagonal_blocks = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [heads, head_dim, head_dim]
-    heads = torch.einsum("ohd,hde,ohe->h", head_cols, diagonal_blocks, head_cols)
+    per_head = diagonal_blocks(attn_gram, shape.head_dim)  # [heads, head_dim, head_dim]
+    heads = torch.einsum("ohd,hde,ohe->h", head_cols, per_head, head_cols)
     down = layer.mlp.down_proj.weight.detach().double()
     channels = down.pow(2).sum(0) * mlp_gram.diagonal()
     return heads.view(shape.n_kv, shape.n_rep).float(), channels.float()

@@ -99,6 +99,12 @@ def run_layer(layer, inputs: LayerInputs, index: int) -> list[torch.Tensor]:
     return outputs
 
 
+def diagonal_blocks(matrix: torch.Tensor, block: int) -> torch.Tensor:
+    """The [n, block, block] blocks along the diagonal of a square matrix of n x block rows (a view)."""
+    n_blocks = matrix.shape[0] // block
+    return matrix.view(n_blocks, block, n_blocks, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
 def damped(gram: torch.Tensor) -> torch.Tensor:
     """The Gram matrix plus a small ridge, so that inputs that are (nearly) always zero or collinear stay solvable."""
     gram = gram.double()

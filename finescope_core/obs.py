@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from finescope_core.layerwise import damped
+from finescope_core.layerwise import damped, diagonal_blocks
 
 ROUNDS = 64  # greedy rounds; each removes an equal share of the blocks
 
@@ -47,7 +47,7 @@ def _block_costs(w: torch.Tensor, h_inv: torch.Tensor, block: int, gone: torch.T
     n_blocks = w.shape[1] // block
     if block == 1:
         return w.pow(2).sum(0) / torch.where(gone, 1.0, h_inv.diagonal())
-    h_blocks = h_inv.view(n_blocks, block, n_blocks, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1).clone()
+    h_blocks = diagonal_blocks(h_inv, block).clone()
     # removed blocks are singular; their cost is not used
     h_blocks[gone] = torch.eye(block, dtype=h_inv.dtype, device=h_inv.device)
     w_blocks = w.view(w.shape[0], n_blocks, block).permute(1, 0, 2)  # [blocks, out, block]
