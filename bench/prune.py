@@ -41,18 +41,21 @@ SPEED_SHAPE = (8, 256)
 
 
 def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> float:
-    """Peak resident memory (bytes) of a process that loads the model and prunes it."""
+    """Peak resident memory (bytes) of a fresh process that loads the model and prunes it.
+
+    Read from the child's VmHWM: its ru_maxrss would carry this (larger) process's high-water mark across exec.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         texts_file = Path(scratch) / "texts.json"
         texts_file.write_text(json.dumps(texts))
-        code = ("import json, resource, sys; from pathlib import Path; from finescope_core.config import PruneConfig;"
+        code = ("import json, sys; from pathlib import Path; from finescope_core.config import PruneConfig;"
                 "from finescope_core.prune import prune_model;"
                 "prune_model(sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]) / 'out',"
                 "PruneConfig.model_validate_json(sys.argv[4]));"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+                "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))")
         done = subprocess.run([sys.executable, "-c", code, model_uri, str(texts_file), scratch, cfg.model_dump_json()],
                               check=True, capture_output=True, text=True)
-    return int(done.stdout.strip().splitlines()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+    return int(done.stdout.strip().splitlines()[-1]) * 1024  # VmHWM is in KiB
 
 
 def alternating_speed(dense, pruned, rounds: int = 3, repeats: int = 3) -> tuple[float, float]:

@@ -89,14 +89,14 @@ def input_grams(layer, inputs: LayerInputs, index: int, names: tuple[str, ...]) 
     return grams
 
 
-def run_layer(layer, inputs: LayerInputs, index: int) -> list[torch.Tensor]:
-    """The layer's outputs for every calibration batch."""
-    outputs = []
+def run_layer(layer, inputs: LayerInputs, index: int, advance: bool = False) -> None:
+    """Run the layer on every calibration batch; with ``advance``, its outputs replace the inputs batch by batch
+    (so one layer boundary's hidden states are held, not two)."""
     with torch.no_grad():
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index]):
+        for batch, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs[index])):
             out = layer(hidden, **kwargs)
-            outputs.append(out[0] if isinstance(out, tuple) else out)
-    return outputs
+            if advance:
+                inputs.hidden[batch] = out[0] if isinstance(out, tuple) else out
 
 
 def diagonal_blocks(matrix: torch.Tensor, block: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from finescope_core import storage
@@ -111,13 +112,35 @@ def load_tokenizer(folder: Path | str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(folder: Path | str, device: str = "cpu", dtype: str = "float32") -> PreTrainedModel:
-    """A causal LM in eval mode on ``device`` and ``dtype``."""
+def load_model(folder: Path | str, device: str = "cpu", dtype: str = "float32",
+               in_memory: bool = False) -> PreTrainedModel:
+    """A causal LM in eval mode on ``device`` and ``dtype``.
+
+    By default safetensors weights stay memory-mapped. ``in_memory`` reads them into private memory instead, for a
+    model whose weights get replaced (pruning): a mapped file stays resident as a whole until its last tensor is
+    dropped, so every pruned layer would be held twice.
+    """
     folder = Path(folder)
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards and not any(folder.glob("*.bin")):
         raise FileNotFoundError(f"model folder {folder} has no weights (*.safetensors or *.bin)")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    if in_memory and shards:
+        config = AutoConfig.from_pretrained(folder)
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+        model = model_class.from_pretrained(None, config=config, state_dict=_read_safetensors(shards),
+                                            dtype=getattr(torch, dtype))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     return model.to(device).eval()
+
+
+def _read_safetensors(shards: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of the shards, read with pread (no mapping left behind)."""
+    state_dict = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt", device="cpu", backend="pread") as tensors:
+            state_dict.update({name: tensors.get_tensor(name) for name in tensors.keys()})
+    return state_dict
 
 
 def count_parameters(model: torch.nn.Module) -> int:

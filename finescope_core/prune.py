@@ -19,7 +19,7 @@ import torch_pruning as tp
 from finescope_core.activations import decoder_layers
 from finescope_core.config import PruneConfig
 from finescope_core.importance import AttentionShape, activation_scores, attention_shape, static_scores, taylor_scores
-from finescope_core.layerwise import LayerInputs, capture_inputs, input_grams, refit_columns, run_layer
+from finescope_core.layerwise import capture_inputs, input_grams, refit_columns, run_layer
 from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.obs import obs_removal
 from finescope_core.progress import progress
@@ -140,7 +140,7 @@ def _remove_inputs(linear: torch.nn.Linear, removed: list[int], gram: torch.Tens
 def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir: Path, cfg: PruneConfig,
                 device: str = "cpu") -> dict:
     """Prune ``model_dir`` to remove ``cfg.ratio`` of its parameters; save a stock transformers folder."""
-    model = load_model(model_dir, device, "float32")
+    model = load_model(model_dir, device, "float32", in_memory=True)
     tokenizer = load_tokenizer(model_dir)
     check_supported(model)
     shape = attention_shape(model)
@@ -161,7 +161,7 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
             prune_layer(layer, heads, channels, shape, grams if cfg.reconstruct else None)
         removed.append({"query_heads": heads, "mlp_channels": channels})
         if layerwise:
-            inputs = LayerInputs(run_layer(layer, inputs, index), inputs.kwargs)
+            run_layer(layer, inputs, index, advance=True)
     model.config.num_attention_heads = shape.n_kv * (shape.n_rep - plan.heads_per_group)
     model.config.head_dim = shape.head_dim
     model.config.intermediate_size -= plan.mlp_channels

@@ -54,3 +54,30 @@ def test_smollm2_is_the_real_model(smollm2: Path):
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_in_memory_loading_is_the_same_model(tiny_model: Path):
+    import torch
+
+    mapped, private = models.load_model(tiny_model), models.load_model(tiny_model, in_memory=True)
+    assert models.count_parameters(private) == models.count_parameters(mapped)  # tied embeddings stay tied
+    ids = torch.arange(12).view(1, 12)
+    with torch.no_grad():
+        assert torch.equal(private(input_ids=ids).logits, mapped(input_ids=ids).logits)
+
+
+@pytest.mark.integration
+def test_in_memory_loading_leaves_no_mapped_weights(smollm2: Path):
+    """Pruning replaces weights; a mapped checkpoint would stay resident beside them (2x memory)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from finescope_core.models import load_model; "
+            "model = load_model(sys.argv[1], in_memory=sys.argv[2] == 'yes'); "
+            "[p.sum() for p in model.parameters()]; "
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssFile')))")
+    file_kib = {mode: int(subprocess.run([sys.executable, "-c", code, str(smollm2), mode], check=True,
+                                         capture_output=True, text=True).stdout.split()[-1])
+                for mode in ("yes", "no")}
+    model_kib = 134_515_008 * 4 / 1024
+    assert file_kib["no"] - file_kib["yes"] > 0.8 * model_kib
