@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--eval-docs", type=int, default=200)
     parser.add_argument("--eval-tokens", type=int, default=256)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="calibration seeds of the curated variant (its perplexity is their mean; spread printed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a prune setting for every variant, e.g. --set calibration_samples=64")
     args = parser.parse_args()
@@ -94,6 +96,7 @@ def main() -> None:
     variants = {label: VARIANTS[label] for label in args.variants}
     ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in variants}}
     cache = Path(args.output) / "perplexity"
+    spread: dict[str, float] = {}  # half the range of the curated variant's perplexity over calibration seeds
 
     def held_out_ppl(model_uri: str, key: str, tokenizer, docs) -> float:
         """Perplexity on the domain's held-out docs, kept per model so a rerun resumes."""
@@ -108,16 +111,22 @@ def main() -> None:
         ppl["dense"][domain] = held_out_ppl(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}", tokenizer,
                                              docs)
         for label, (source, settings) in variants.items():
-            cfg = base_prune.model_copy(update={"calibration": source, **settings})
-            filename = "curated.parquet" if source == "curated" else "docs.parquet"
-            ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
-            folder = str(stages.model_folder(ref))
-            ppl[label][domain] = held_out_ppl(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs)
-            counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
-            if label == "curated" and pruned_uri is None:
-                pruned_uri = stages.model_folder(ref)
-                calibration_of_first = (stages.calibration_texts(calibration[source], filename,
-                                                                 cfg.calibration_samples, cfg.seed), cfg)
+            seeds = range(args.seeds) if label == "curated" else [base_prune.seed]
+            by_seed = []
+            for seed in seeds:
+                cfg = base_prune.model_copy(update={"calibration": source, "seed": seed, **settings})
+                filename = "curated.parquet" if source == "curated" else "docs.parquet"
+                ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
+                folder = str(stages.model_folder(ref))
+                by_seed.append(held_out_ppl(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
+                counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
+                if label == "curated" and pruned_uri is None:
+                    pruned_uri = stages.model_folder(ref)
+                    calibration_of_first = (stages.calibration_texts(calibration[source], filename,
+                                                                     cfg.calibration_samples, cfg.seed), cfg)
+            ppl[label][domain] = statistics.mean(by_seed)
+            if label == "curated":
+                spread[domain] = (max(by_seed) - min(by_seed)) / 2
     model_bytes = 4 * counts["params_before"]
     peak = peak_rss_of_pruning(model_ref["uri"], *calibration_of_first)
     dense_tok_s, pruned_tok_s = alternating_speed(load_model(model_ref["uri"]), load_model(pruned_uri))
@@ -128,6 +137,7 @@ def main() -> None:
     print(f"{'perplexity':<12}" + "".join(f"{d:>12}" for d in args.domains))
     for label, row in ppl.items():
         print(f"{label:<12}" + "".join(f"{row[d]:>12.2f}" for d in args.domains))
+    print(f"curated, {args.seeds} calibration seed(s): +-" + ", ".join(f"{d} {v:.2f}" for d, v in spread.items()))
     print(f"peak RSS of pruning: {peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}x the fp32 model "
           f"({model_bytes / 2**30:.2f} GiB)")
     print(f"forward {SPEED_SHAPE}: dense {dense_tok_s:.0f} tok/s, pruned {pruned_tok_s:.0f} tok/s")

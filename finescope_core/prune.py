@@ -50,8 +50,9 @@ def head_removal(ideal: float, hidden: int, n_kv: int, n_rep: int) -> int:
     return min(valid, key=lambda h: (abs(h - ideal), h))
 
 
-def plan_widths(model, ratio: float, prune_heads: bool) -> Plan:
-    """Per-layer widths that remove ``ratio`` of all parameters as closely as uniform widths allow."""
+def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1) -> Plan:
+    """Per-layer widths that remove ``ratio`` of all parameters as closely as uniform widths allow, keeping an MLP
+    width that is a multiple of ``width_multiple`` (matrix kernels run markedly slower on odd widths)."""
     shape = attention_shape(model)
     hidden, n_layers = model.config.hidden_size, len(decoder_layers(model))
     total = count_parameters(model)
@@ -67,7 +68,9 @@ def plan_widths(model, ratio: float, prune_heads: bool) -> Plan:
         most = n_layers * (shape.n_kv * heads * head_params + (intermediate - 1) * channel_params) / total
         raise ValueError(f"prune.ratio={ratio} would leave a layer without MLP channels (embeddings and norms are not "
                          f"pruned; this model allows at most {most:.3f}); lower it")
-    channels = max(0, round(remaining / (n_layers * channel_params)))
+    kept = intermediate - max(0, round(remaining / (n_layers * channel_params)))
+    channels = intermediate - max(width_multiple, width_multiple * round(kept / width_multiple))
+    channels = max(0, min(channels, intermediate - 1))
     if heads == 0 and channels == 0:
         raise ValueError(f"prune.ratio={ratio} removes nothing at this model's granularity; raise it")
     return Plan(heads, channels)
@@ -144,7 +147,7 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
     tokenizer = load_tokenizer(model_dir)
     check_supported(model)
     shape = attention_shape(model)
-    plan = plan_widths(model, cfg.ratio, cfg.prune_heads)
+    plan = plan_widths(model, cfg.ratio, cfg.prune_heads, cfg.width_multiple)
     params_before = count_parameters(model)
     sequences = (calibration_sequences(tokenizer, calibration_texts, cfg.calibration_samples, cfg.calibration_tokens)
                  if needs_calibration(cfg) else None)

@@ -90,6 +90,23 @@ def test_bad_input(tiny_model: Path, tmp_path: Path):
         plan_widths(model, 1e-6, prune_heads=False)
 
 
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.4])
+def test_mlp_width_is_rounded_to_the_multiple_near_the_target(ratio: float, smollm2: Path):
+    with torch.device("meta"):  # SmolLM2's real shape, no weights
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(smollm2))
+    config, total = model.config, count_parameters(model)
+
+    def removed(plan) -> float:
+        heads = config.num_key_value_heads * plan.heads_per_group * 2 * config.head_dim * config.hidden_size
+        return config.num_hidden_layers * (heads + plan.mlp_channels * 3 * config.hidden_size) / total
+
+    exact, rounded = plan_widths(model, ratio, True, 1), plan_widths(model, ratio, True, 64)
+    assert (config.intermediate_size - rounded.mlp_channels) % 64 == 0
+    assert rounded.heads_per_group == exact.heads_per_group
+    assert abs(removed(exact) - ratio) < 0.001
+    assert abs(removed(rounded) - ratio) <= abs(removed(exact) - ratio) + 32 * 3 * 576 * 30 / total
+
+
 def test_unsupported_architecture_lists_the_supported(tmp_path: Path, tiny_model: Path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
