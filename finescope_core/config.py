@@ -42,6 +42,17 @@ class DataConfig(StageConfig):
     max_pool_docs: int | None = Field(
         None, ge=1, description="Curate from a seeded random subset of this many pool documents (None: all)."
     )
+    incremental: bool = Field(
+        True, description="With data.pool: curate shard by shard, so a re-curation dumps and embeds only the shards "
+        "it has not seen and reuses the SAE unless the new activations drift (sae.refit_drift)."
+    )
+
+    @model_validator(mode="after")
+    def _incremental_uses_every_shard(self) -> DataConfig:
+        if self.pool and self.incremental and self.max_pool_docs:
+            raise ValueError("data.max_pool_docs subsamples the pool, which incremental curation cannot do shard by "
+                             "shard: unset data.max_pool_docs or set data.incremental=false")
+        return self
 
 
 class DumpConfig(StageConfig):
@@ -76,6 +87,10 @@ class SAEConfig(StageConfig):
         "paper's K; needs dump.sensitivity_docs > 0). None: every coordinate."
     )
     seed: int = Field(0, description="Initialisation seed.")
+    refit_drift: float = Field(
+        0.25, ge=0, description="Incremental curation refits the SAE when its fraction of variance unexplained on new "
+        "shards exceeds its fit-time value by more than this fraction (0: refit whenever shards arrive)."
+    )
 
 
 class SelectConfig(StageConfig):
@@ -162,6 +177,17 @@ class EvalConfig(StageConfig):
     harness_limit: int | None = Field(None, ge=1, description="Items per harness task (empty: all).")
 
 
+class RunnerConfig(StageConfig):
+    kind: Literal["threads", "dask"] = Field(
+        "threads", description="How per-shard work (activation dump, embedding) runs in parallel: threads in the "
+        "flow's process, or a Dask cluster (prefect-dask)."
+    )
+    address: str | None = Field(
+        None, description="Scheduler address of an existing Dask cluster (tcp://host:8786); empty: a local cluster."
+    )
+    workers: int = Field(2, ge=1, description="Threads, or local Dask worker processes, running shards at once.")
+
+
 class RunConfig(StageConfig):
     """One FineScope run: where artifacts go, which model, which domain, and each stage's settings."""
 
@@ -178,6 +204,7 @@ class RunConfig(StageConfig):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")
     def _target_domain_is_evaluated(self) -> RunConfig:

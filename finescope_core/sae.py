@@ -75,17 +75,18 @@ def quality(sae, activations: torch.Tensor) -> dict[str, float]:
     }
 
 
-def fit_sae(sample_uri: str, layer: int, out_uri: str, cfg: SAEConfig, device: str = "cpu",
+def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, device: str = "cpu",
             sensitivity_uri: str | None = None) -> dict:
-    """Train an SAE on the token sample of one layer and save it (sae-lens format) under ``out_uri``.
+    """Train an SAE on the token samples (folders of shards: one per dump) of one layer and save it (sae-lens
+    format) under ``out_uri``.
 
     With ``cfg.input_coordinates`` = K, the SAE sees only the K most gradient-sensitive coordinates (scores read
     from ``sensitivity_uri``); their indices are saved beside it in ``coordinates.json``.
     """
     sl = _sae_lens()
-    shards = storage.listdir(sample_uri, ".parquet")
+    shards = [shard for uri in sample_uris for shard in storage.listdir(uri, ".parquet")]
     if not shards:
-        raise FileNotFoundError(f"no activation sample shards under {sample_uri}; run the activation dump first")
+        raise FileNotFoundError(f"no activation sample shards under {sample_uris}; run the activation dump first")
     first = vectors(layer_rows(storage.read_parquet(shards[0]), layer))
     if first.size == 0:
         raise ValueError(f"the activation sample has no tokens of layer {layer}; check dump.layers")

@@ -58,22 +58,59 @@ def pool(root: str, corpus_ref: Ref, cfg: DataConfig, seed: int = 0) -> Ref:
     """The documents to curate from: the whole pool, or a seeded random subset of ``max_pool_docs``."""
 
     def work(out: str) -> dict:
-        table = storage.read_parquet_dir(corpus_ref["pool"])
-        missing = {"doc_id", "text"} - set(table.column_names)
-        if missing:
-            raise ValueError(f"data.pool: shards lack column(s) {sorted(missing)}; each needs doc_id and text")
-        if len(table) == 0:
-            raise ValueError("data.pool is empty: it has no documents")
+        table = _documents(storage.read_parquet_dir(corpus_ref["pool"]), "data.pool")
         if cfg.max_pool_docs and cfg.max_pool_docs < len(table):
             keep = np.sort(np.random.default_rng(seed).choice(len(table), cfg.max_pool_docs, replace=False))
             table = table.take(keep)
-        for column in DOC_COLUMNS:
-            if column not in table.column_names:
-                table = table.append_column(column, pa.nulls(len(table), pa.string()))
-        storage.write_parquet(table.select(list(DOC_COLUMNS)), storage.join(out, "docs.parquet"))
+        storage.write_parquet(table, storage.join(out, "docs.parquet"))
         return {"n_docs": len(table)}
 
     return run_stage(root, "pool", {"corpus": corpus_ref}, {"max_pool_docs": cfg.max_pool_docs, "seed": seed}, work)
+
+
+def shard(root: str, shard_uri: str) -> Ref:
+    """One Parquet shard of a user's pool as documents (the unit of incremental curation)."""
+
+    def work(out: str) -> dict:
+        table = _documents(storage.read_parquet(shard_uri), f"data.pool shard {shard_uri}")
+        storage.write_parquet(table, storage.join(out, "docs.parquet"))
+        return {"n_docs": len(table), "shard": shard_uri}
+
+    return run_stage(root, "pool", {"shard": source_fingerprint(shard_uri)}, None, work)
+
+
+def _documents(table: pa.Table, where: str) -> pa.Table:
+    """The table with the document columns (missing optional ones as nulls); named errors for unusable input."""
+    missing = {"doc_id", "text"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{where}: lacks column(s) {sorted(missing)}; each shard needs doc_id and text")
+    if len(table) == 0:
+        raise ValueError(f"{where} is empty: it has no documents")
+    for column in DOC_COLUMNS:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.nulls(len(table), pa.string()))
+    return table.select(list(DOC_COLUMNS))
+
+
+def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref]) -> Ref:
+    """The documents and SAE embeddings of every shard in one folder (``docs.parquet``, ``embeddings.parquet``):
+    what selection ranks. Cheap: only concatenation."""
+    from finescope_core.embed import read_embeddings, write_embeddings
+
+    def work(out: str) -> dict:
+        docs = pa.concat_tables([storage.read_parquet(storage.join(ref["uri"], "docs.parquet")) for ref in shards])
+        ids, matrices = [], []
+        for ref in embeddings_refs:
+            shard_ids, matrix = read_embeddings(storage.join(ref["uri"], "embeddings.parquet"))
+            ids += shard_ids
+            matrices.append(matrix)
+        storage.write_parquet(docs, storage.join(out, "docs.parquet"))
+        write_embeddings(ids, np.concatenate(matrices), storage.join(out, "embeddings.parquet"))
+        return {"n_docs": len(docs), "shards": len(shards)}
+
+    inputs = {"shards": storage.fingerprint(*[ref["fingerprint"] for ref in shards]),
+              "embeddings": storage.fingerprint(*[ref["fingerprint"] for ref in embeddings_refs])}
+    return run_stage(root, "merged", inputs, None, work)
 
 
 def read_seeds(path: str) -> pa.Table:
@@ -120,14 +157,19 @@ def dump(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConf
     return run_stage(root, "acts", {"model": model, "docs": docs}, cfg, work)
 
 
-def sae(root: str, acts: Ref, cfg: SAEConfig, device: str) -> Ref:
-    """An SAE fitted on the dump's token sample (first captured layer)."""
+def sae(root: str, acts: Ref | list[Ref], cfg: SAEConfig, device: str) -> Ref:
+    """An SAE fitted on the token sample of one dump, or of several (the shards of an incrementally curated pool),
+    at the first captured layer."""
     from finescope_core.sae import fit_sae
 
-    layer = acts["info"]["layers"][0]
-    sensitivity = storage.join(acts["uri"], "sensitivity.json")
-    return run_stage(root, "sae", {"acts": acts}, cfg,
-                     lambda out: fit_sae(storage.join(acts["uri"], "sample"), layer, out, cfg, device, sensitivity))
+    dumps = acts if isinstance(acts, list) else [acts]
+    layer = dumps[0]["info"]["layers"][0]
+    sensitivity = storage.join(dumps[0]["uri"], "sensitivity.json")
+    samples = [storage.join(ref["uri"], "sample") for ref in dumps]
+    identity = acts if isinstance(acts, dict) else storage.fingerprint(*[ref["fingerprint"] for ref in dumps])
+    settings = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"refit_drift"})  # a decision, not the SAE
+    return run_stage(root, "sae", {"acts": identity}, settings,
+                     lambda out: fit_sae(samples, layer, out, cfg, device, sensitivity))
 
 
 def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) -> Ref:
@@ -333,10 +375,13 @@ def report(root: str, results: dict[str, Ref], title: str) -> Ref:
     return run_stage(root, "report", results, {"title": title, "labels": list(results)}, work)
 
 
-def write_manifest(root: str, refs: dict[str, Ref]) -> str:
-    """``manifest.json`` at the run root: every artifact of the run with its files' content hashes."""
+def write_manifest(root: str, refs: dict[str, Ref | list[Ref]]) -> str:
+    """``manifest.json`` at the run root: every artifact of the run with its files' content hashes (per-shard
+    artifacts as ``name/0``, ``name/1``...)."""
     entries = {}
-    for name, ref in refs.items():
+    named = [(name, value) if isinstance(value, dict) else (f"{name}/{i}", ref)
+             for name, value in refs.items() for i, ref in enumerate([value] if isinstance(value, dict) else value)]
+    for name, ref in named:
         marker = storage.read_marker(ref["uri"]) if storage.is_complete(ref["uri"]) else {}
         entries[name] = {"uri": ref["uri"], "fingerprint": ref["fingerprint"], "files": marker.get("files", {})}
     uri = storage.join(root, "manifest.json")

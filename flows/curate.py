@@ -5,21 +5,28 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
+from flows.shards import dump_shards, embed_shards, on
 from tasks.stages import (
     build_corpus,
+    choose_sae,
     dump_activations,
     embed_documents,
     fit_sae,
+    list_shards,
     load_seeds,
+    merge_shards,
     resolve_model,
     sample_pool,
     select_documents,
+    shard_documents,
 )
 
 
 @flow(name="curate", log_prints=True)
 def curate(config: RunConfig) -> dict:
     """Select the pool documents most like the seeds; returns references to every artifact made on the way."""
+    if config.data.pool and config.data.incremental:
+        return curate_shards(config)
     root, device = config.output, config.model.device
     model = resolve_model(config.model)
     corpus = build_corpus(root, config.data)
@@ -38,3 +45,26 @@ def curate(config: RunConfig) -> dict:
     curated = select_documents(root, pool, seeds, vectors, corpus["eval"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": pool_acts, "sae": sae,
             "embeddings": vectors["pool_emb"], "curated": curated}
+
+
+def curate_shards(config: RunConfig) -> dict:
+    """Curation of a user's pool shard by shard: only shards not seen before are dumped and embedded, and the SAE
+    is reused unless the new shards' activations drift (``finescope_core.incremental``)."""
+    root, device, pool_uri = config.output, config.model.device, config.data.pool
+    if config.select.method == "raw_act":
+        raise ValueError("select.method=raw_act is not available with incremental curation: use sae, minilm or "
+                         "random, or set data.incremental=false")
+    model = resolve_model(config.model)
+    corpus = build_corpus(root, config.data)
+    shards = [shard_documents(root, uri) for uri in list_shards(pool_uri)]
+    acts = on(config.runner, dump_shards)(root, model, shards, config.dump, config.model)
+    sae = choose_sae(root, model, acts, config.dump, config.sae, pool_uri, device)
+    pooling = "max" if config.select.pooling == "max" else "mean"
+    embeddings = on(config.runner, embed_shards)(root, acts, sae, pooling, device)
+    pool = merge_shards(root, shards, embeddings)
+    seeds = load_seeds(root, config.select.seeds)
+    seed_acts = dump_activations(root, model, seeds, config.dump, config.model)
+    vectors = {"pool_emb": pool, "seed_emb": embed_documents(root, seed_acts, sae, pooling, device)}
+    curated = select_documents(root, pool, seeds, vectors, corpus["eval"], config.select)
+    return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": acts, "sae": sae,
+            "embeddings": embeddings, "curated": curated}

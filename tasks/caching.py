@@ -1,4 +1,5 @@
-"""The task cache key: the same identity the core's content-addressed stages use, plus the task's source.
+"""The task cache key: the same identity the core's content-addressed stages use, plus the task's code
+(its compiled code object, which Dask workers have even where the source file is not readable).
 
 Stage references are reduced to their fingerprints and configs to their values, so a rerun with the same inputs
 hits the cache however the references were obtained, and an edited task recomputes.
@@ -7,7 +8,7 @@ hits the cache however the references were obtained, and an edited task recomput
 from __future__ import annotations
 
 import hashlib
-import inspect
+import marshal
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,7 +31,7 @@ def identity(value: Any) -> Any:
 
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect ``cache_key_fn``: task name, task source and parameter identities."""
-    source = hashlib.sha256(inspect.getsource(context.task.fn).encode()).hexdigest()[:16]
+    source = hashlib.sha256(marshal.dumps(context.task.fn.__code__)).hexdigest()[:16]  # works where no source is
     return storage.fingerprint(context.task.name, source, identity(parameters))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from finescope_core import stages, storage
+from finescope_core import incremental, stages, storage
 from finescope_core.config import (
     DataConfig,
     DistillConfig,
@@ -58,6 +58,32 @@ def load_seeds(root: str, path: str) -> Ref:
 @stage_task
 def dump_activations(root: str, model: Ref, docs: Ref, dump: DumpConfig, model_cfg: ModelConfig) -> Ref:
     return _logged("activations", stages.dump(root, model, docs, dump, model_cfg))
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+def list_shards(pool: str) -> list[str]:
+    """The pool's shards as they are now (never cached: new shards are the point)."""
+    return incremental.shard_uris(pool)
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+def shard_documents(root: str, shard_uri: str) -> Ref:
+    """Not cached by Prefect: a shard is identified by its content, which the core stage hashes each run."""
+    return _logged("shard", stages.shard(root, shard_uri))
+
+
+@task
+def choose_sae(root: str, model: Ref, acts: list[Ref], dump: DumpConfig, sae: SAEConfig, pool: str,
+               device: str) -> Ref:
+    """Fit, reuse or refit the SAE of an incrementally curated pool (reads and records its decision state)."""
+    choice = incremental.choose_sae(root, incremental.state_uri(root, pool, model, dump, sae), acts, sae, device)
+    get_run_logger().info("SAE %s (new shards: %d, drift: %s)", choice.action, choice.new_shards, choice.drift)
+    return {**choice.sae, "action": choice.action, "drift": choice.drift, "new_shards": choice.new_shards}
+
+
+@stage_task
+def merge_shards(root: str, shards: list[Ref], embeddings: list[Ref]) -> Ref:
+    return _logged("merged", stages.merged(root, shards, embeddings))
 
 
 @stage_task

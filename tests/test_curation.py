@@ -50,7 +50,7 @@ def test_sae_fits_saves_and_embeds(tiny_model: Path, tmp_path: Path):
     acts = str(tmp_path / "acts")
     dump_activations(tiny_model, ids, texts, acts, DumpConfig(layers=[1], shard_docs=8, sae_sample_tokens=10_000))
     cfg = SAEConfig(expansion=4, k=8, training_tokens=30_000, batch_size=128)
-    metrics = fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae"), cfg)
+    metrics = fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae"), cfg)
     assert metrics["d_sae"] == 4 * metrics["d_in"] == 256
     assert 0 < metrics["fvu"] < 1 and 0 < metrics["l0"] <= 8
     sae, coordinates = load_sae(str(tmp_path / "sae"))
@@ -64,7 +64,7 @@ def test_sae_rejects_a_wrong_layer(tiny_model: Path, tmp_path: Path):
     acts = str(tmp_path / "acts")
     dump_activations(tiny_model, ["a"], ["some text here"], acts, DumpConfig(layers=[1]))
     with pytest.raises(ValueError, match="no tokens of layer 0"):
-        fit_sae(storage.join(acts, "sample"), 0, str(tmp_path / "sae"), SAEConfig())
+        fit_sae([storage.join(acts, "sample")], 0, str(tmp_path / "sae"), SAEConfig())
 
 
 def test_sae_width_must_match_the_activations():
@@ -118,7 +118,7 @@ def test_sae_on_gradient_selected_coordinates(tiny_model: Path, tmp_path: Path):
     scores = storage.read_json(storage.join(acts, "sensitivity.json"))["1"]
     assert len(scores) == 64 and min(scores) >= 0
     cfg = SAEConfig(expansion=2, k=4, training_tokens=5000, batch_size=128, input_coordinates=16)
-    metrics = fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae"), cfg,
+    metrics = fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae"), cfg,
                       sensitivity_uri=storage.join(acts, "sensitivity.json"))
     assert metrics["d_in"] == 16 and metrics["d_sae"] == 32
     sae, coordinates = load_sae(str(tmp_path / "sae"))
@@ -127,7 +127,7 @@ def test_sae_on_gradient_selected_coordinates(tiny_model: Path, tmp_path: Path):
     assert sorted(doc_ids) == sorted(f"d{i}" for i in range(16))
     assert pooled.shape == (16, 32)
     with pytest.raises(ValueError, match=r"dump\.sensitivity_docs"):
-        fit_sae(storage.join(acts, "sample"), 1, str(tmp_path / "sae2"), cfg, sensitivity_uri=None)
+        fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae2"), cfg, sensitivity_uri=None)
 
 
 def test_power_normalisation_lets_many_shared_latents_outweigh_one_dominant_latent():
