@@ -83,3 +83,20 @@ def choose_sae(root: str, state: str, acts: list[Ref], cfg: SAEConfig, device: s
     storage.write_json(state, {"sae": choice.sae, "shards": sorted(covered | {ref["fingerprint"] for ref in acts}),
                                "last": {key: value for key, value in asdict(choice).items() if key != "sae"}})
     return choice
+
+
+def seen_uri(root: str, pool_uri: str) -> str:
+    """Where the pool watcher records the shards it has announced."""
+    return storage.join(root, "state", f"seen-{storage.fingerprint(pool_uri)}.json")
+
+
+def unseen_shards(pool_uri: str, seen: str) -> list[str]:
+    """The pool's shards not announced before (all of them the first time)."""
+    announced = set(storage.read_json(seen)) if storage.exists(seen) else set()
+    return [uri for uri in storage.listdir(pool_uri, ".parquet") if uri not in announced]
+
+
+def mark_seen(seen: str, shards: list[str]) -> None:
+    """Record ``shards`` as announced (after their event went out, so a failed announcement is retried)."""
+    announced = set(storage.read_json(seen)) if storage.exists(seen) else set()
+    storage.write_json(seen, sorted(announced | set(shards)))

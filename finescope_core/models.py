@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ DEFAULT_CACHE = Path(os.environ.get("FINESCOPE_CACHE", Path(__file__).resolve().
 ARTIFACT_CACHE = DEFAULT_CACHE / "artifacts"  # local copies of folder artifacts kept in object storage
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_LOADING = threading.Lock()  # from_pretrained builds models on a process-wide meta device: one load at a time
 
 
 class ModelNotFoundError(ValueError):
@@ -124,13 +126,14 @@ def load_model(folder: Path | str, device: str = "cpu", dtype: str = "float32",
     shards = sorted(folder.glob("*.safetensors"))
     if not shards and not any(folder.glob("*.bin")):
         raise FileNotFoundError(f"model folder {folder} has no weights (*.safetensors or *.bin)")
-    if in_memory and shards:
-        config = AutoConfig.from_pretrained(folder)
-        model_class = AutoModelForCausalLM._model_mapping[type(config)]
-        model = model_class.from_pretrained(None, config=config, state_dict=_read_safetensors(shards),
-                                            dtype=getattr(torch, dtype))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    with _LOADING:
+        if in_memory and shards:
+            config = AutoConfig.from_pretrained(folder)
+            model_class = AutoModelForCausalLM._model_mapping[type(config)]
+            model = model_class.from_pretrained(None, config=config, state_dict=_read_safetensors(shards),
+                                                dtype=getattr(torch, dtype))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     return model.to(device).eval()
 
 

@@ -81,3 +81,17 @@ def test_in_memory_loading_leaves_no_mapped_weights(smollm2: Path):
                 for mode in ("yes", "no")}
     model_kib = 134_515_008 * 4 / 1024
     assert file_kib["no"] - file_kib["yes"] > 0.8 * model_kib
+
+
+def test_models_load_from_several_threads_at_once(tiny_model: Path):
+    """Shards are dumped in parallel threads; transformers' loading is not thread-safe by itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    with ThreadPoolExecutor(4) as pool:
+        loaded = list(pool.map(lambda _: models.load_model(tiny_model), range(8)))
+    ids = torch.arange(8).view(1, 8)
+    with torch.no_grad():
+        expected = loaded[0](input_ids=ids).logits
+        assert all(torch.equal(model(input_ids=ids).logits, expected) for model in loaded[1:])

@@ -1,0 +1,39 @@
+"""The pool watcher: announces new Parquet shards under the pool prefix as a Prefect event.
+
+Run on a short schedule (see ``deployments/prefect.yaml``); the ``curate`` deployment's trigger starts a
+re-curation for each announcement, and incremental curation then dumps and embeds only the new shards.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
+
+from finescope_core import incremental, storage
+from tasks.caching import retry_on_io_errors
+
+SHARDS_ARRIVED = "finescope.pool.shards-arrived"
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+def find_new_shards(pool: str, seen: str) -> list[str]:
+    return incremental.unseen_shards(pool, seen)
+
+
+@task
+def announce(pool: str, shards: list[str], seen: str) -> None:
+    """Emit the event, then record the shards as seen."""
+    emit_event(event=SHARDS_ARRIVED, payload={"pool": pool, "shards": shards},
+               resource={"prefect.resource.id": f"finescope.pool.{storage.fingerprint(pool)}", "finescope.pool": pool})
+    incremental.mark_seen(seen, shards)
+    get_run_logger().info("announced %d new shard(s) under %s", len(shards), pool)
+
+
+@flow(name="watch-pool")
+def watch_pool(pool: str, output: str) -> list[str]:
+    """Announce the shards under ``pool`` not announced before; ``output`` is the run root that keeps the record."""
+    seen = incremental.seen_uri(output, pool)
+    shards = find_new_shards(pool, seen)
+    if shards:
+        announce(pool, shards, seen)
+    return shards
