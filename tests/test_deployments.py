@@ -1,0 +1,89 @@
+"""Static checks of what cannot run here: the GPU worker image (no Docker engine) and the deployment definitions
+(their configs must validate before a worker ever sees them)."""
+
+import importlib
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finescope_core.config import RunConfig
+from flows.watch import SHARDS_ARRIVED
+
+
+@pytest.fixture(scope="module")
+def dockerfile(repo: Path) -> list[tuple[str, str]]:
+    """(instruction, arguments) pairs, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", (repo / "docker" / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def project(repo: Path) -> dict:
+    return yaml.safe_load((repo / "deployments" / "prefect.yaml").read_text())
+
+
+def test_base_image_is_pinned(dockerfile):
+    base = [args for instruction, args in dockerfile if instruction == "FROM"]
+    assert len(base) == 1 and re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", base[0]), base
+
+
+def test_every_install_is_pinned(dockerfile, repo: Path):
+    makefile = (repo / "Makefile").read_text()
+    for instruction, args in dockerfile:
+        if instruction != "RUN":
+            continue
+        for command in re.split(r"&&|;", args):
+            words = command.split()
+            if words[:2] == ["pip", "install"]:
+                packages = [w for w in words[2:] if not w.startswith("-")]
+                assert all("==" in p or p in ("requirements.lock", ".") for p in packages), command
+                assert "torch" not in command or f"{packages[0]}" in makefile  # the same torch as `make setup`
+            if words[:2] == ["apt-get", "install"]:
+                assert all("=" in w for w in words[2:] if not w.startswith("-")), command
+    lock = (repo / "requirements.lock").read_text().split()
+    assert lock and all(re.fullmatch(r"[\w.-]+==[\w.+!-]+", line) for line in lock)
+
+
+def test_copied_paths_exist_and_entrypoint_is_exec_form(dockerfile, repo: Path):
+    for instruction, args in dockerfile:
+        if instruction == "COPY":
+            for source in args.split()[:-1]:
+                assert (repo / source).exists(), source
+    entrypoint = [json.loads(args) for instruction, args in dockerfile if instruction == "ENTRYPOINT"]
+    command = [json.loads(args) for instruction, args in dockerfile if instruction == "CMD"]
+    assert len(entrypoint) == 1 and entrypoint[0][0].startswith("/")
+    assert command == [["prefect", "flow-run", "execute"]]
+    assert dict(dockerfile)["USER"] != "root"
+
+
+def test_deployments_name_real_flows_with_valid_configs(project: dict, repo: Path):
+    names = {d["name"] for d in project["deployments"]}
+    assert {"finescope-local", "curate-local", "evaluate-local", "finescope-gpu", "curate-bucket"} <= names
+    for deployment in project["deployments"]:
+        path, function = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function)
+        accepted = inspect.signature(flow.fn).parameters
+        assert set(deployment["parameters"]) <= set(accepted), deployment["name"]
+        if "config" in deployment["parameters"]:
+            RunConfig.model_validate(deployment["parameters"]["config"])  # raises with the field's name
+
+
+def test_pools_schedules_and_the_shard_trigger(project: dict, dockerfile):
+    by_name = {d["name"]: d for d in project["deployments"]}
+    gpu = by_name["finescope-gpu"]["work_pool"]
+    assert gpu["job_variables"]["image"] and gpu["job_variables"]["container_create_kwargs"]["device_requests"]
+    workdir = dict(dockerfile)["WORKDIR"]
+    pull = by_name["finescope-gpu"]["pull"][0]["prefect.deployments.steps.set_working_directory"]
+    assert pull["directory"] == workdir
+    assert by_name["finescope-local"]["work_pool"]["name"] != gpu["name"]
+    curate = by_name["curate-bucket"]
+    assert any("cron" in schedule for schedule in curate["schedules"])
+    trigger = curate["triggers"][0]
+    assert trigger["expect"] == [SHARDS_ARRIVED]
+    assert trigger["match"]["prefect.resource.id"].startswith("finescope.pool")
+    assert by_name["watch-bucket"]["parameters"]["pool"] == curate["parameters"]["config"]["data"]["pool"]
