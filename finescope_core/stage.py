@@ -49,11 +49,16 @@ def run_stage(root: str, name: str, inputs: dict[str, Any], config: BaseModel | 
 
 
 def source_fingerprint(uri: str) -> str:
-    """Fingerprint of an input that no stage produced (a user's pool, a seeds file, a model folder)."""
+    """Fingerprint of an input that no stage produced (a user's pool, a seeds file, a model folder); in object
+    storage from the store's ETags, so that a re-curation does not download a whole pool to recognise it."""
     if storage.is_complete(uri):
         return storage.read_marker(uri).get("fingerprint") or storage.fingerprint(storage.read_marker(uri))
     fs, path = storage.filesystem(uri)
-    if fs.isdir(path):
+    if not fs.isdir(path):
+        return storage.content_id(uri)
+    if storage.is_local(uri):
         return storage.fingerprint(storage.file_hashes(uri))
-    return storage.sha256_uri(uri)[:16]
+    root = path.rstrip("/")
+    return storage.fingerprint({file[len(root) + 1 :]: storage.content_id(storage.join(uri, file[len(root) + 1 :]))
+                                for file in sorted(fs.find(root))})
 

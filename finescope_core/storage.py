@@ -151,6 +151,18 @@ def sha256_uri(uri: str) -> str:
     return digest.hexdigest()
 
 
+def content_id(uri: str) -> str:
+    """Identity of one file's content, cheap where possible: an object store's ETag and size (reading the object
+    would cost a download), otherwise its sha256."""
+    if not is_local(uri):
+        fs, path = filesystem(uri)
+        info = fs.info(path)
+        etag = info.get("ETag") or info.get("etag")
+        if etag:
+            return fingerprint(str(etag).strip('"'), info.get("size"))
+    return sha256_uri(uri)[:16]
+
+
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-serialisable parts: the identity of a piece of work."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

@@ -63,3 +63,17 @@ def test_staged_directory_uploads_and_fetches_back(s3: str, tmp_path: Path):
     local = storage.fetch_directory(uri, tmp_path)
     assert (local / "weights.bin").read_bytes() == b"\x00" * 1000
     assert storage.fetch_directory(uri, tmp_path) == local  # downloaded once
+
+
+def test_pool_identity_in_s3_comes_from_etags_without_downloads(s3: str, monkeypatch):
+    from finescope_core.stage import source_fingerprint
+
+    pool = storage.join(s3, "pool")
+    storage.write_parquet(pa.table({"doc_id": ["a"], "text": ["x"]}), storage.join(pool, "shard-0.parquet"))
+    first = source_fingerprint(pool), source_fingerprint(storage.join(pool, "shard-0.parquet"))
+    monkeypatch.setattr(storage, "sha256_uri", lambda uri: pytest.fail(f"downloaded {uri} to hash it"))
+    assert (source_fingerprint(pool), source_fingerprint(storage.join(pool, "shard-0.parquet"))) == first
+    storage.write_parquet(pa.table({"doc_id": ["a"], "text": ["y"]}), storage.join(pool, "shard-0.parquet"))
+    assert source_fingerprint(storage.join(pool, "shard-0.parquet")) != first[1]
+    storage.write_parquet(pa.table({"doc_id": ["b"], "text": ["z"]}), storage.join(pool, "shard-1.parquet"))
+    assert source_fingerprint(pool) != first[0]
