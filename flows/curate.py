@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
-from flows.shards import dump_shards, embed_shards, on
+from flows.shards import dump_shards, embed_shards, with_runner
 from tasks.stages import (
     build_corpus,
     choose_sae,
@@ -57,10 +57,10 @@ def curate_shards(config: RunConfig) -> dict:
     model = resolve_model(config.model)
     corpus = build_corpus(root, config.data)
     shards = [shard_documents(root, uri) for uri in list_shards(pool_uri)]
-    acts = on(config.runner, dump_shards)(root, model, shards, config.dump, config.model)
+    acts = with_runner(config.runner, dump_shards)(root, model, shards, config.dump, config.model)
     sae = choose_sae(root, model, acts, config.dump, config.sae, pool_uri, device)
     pooling = "max" if config.select.pooling == "max" else "mean"
-    embeddings = on(config.runner, embed_shards)(root, acts, sae, pooling, device)
+    embeddings = with_runner(config.runner, embed_shards)(root, acts, sae, pooling, device)
     pool = merge_shards(root, shards, embeddings)
     seeds = load_seeds(root, config.select.seeds)
     seed_acts = dump_activations(root, model, seeds, config.dump, config.model)

@@ -41,6 +41,6 @@ def embed_shards(root: str, acts: list[Ref], sae: Ref, pooling: str, device: str
     return [future.result() for future in futures]
 
 
-def on(runner: RunnerConfig, subflow):
+def with_runner(runner: RunnerConfig, subflow):
     """``subflow`` with the configured task runner."""
     return subflow.with_options(task_runner=task_runner(runner))

@@ -8,7 +8,7 @@ from test_incremental import DUMP, write_shard
 
 from finescope_core import stages
 from finescope_core.config import ModelConfig, RunnerConfig
-from flows.shards import dump_shards, on, task_runner
+from flows.shards import dump_shards, task_runner, with_runner
 
 
 def test_dask_runner_is_a_local_cluster_or_an_address():
@@ -22,7 +22,7 @@ def test_shards_dumped_on_two_dask_workers_match_a_direct_dump(tiny_model: Path,
     model = stages.model_ref(model_cfg)
     shards = [stages.shard(root, write_shard(tmp_path / "pool", index)) for index in range(2)]
     with prefect_test_harness():
-        acts = on(RunnerConfig(kind="dask", workers=2), dump_shards)(root, model, shards, DUMP, model_cfg)
+        acts = with_runner(RunnerConfig(kind="dask", workers=2), dump_shards)(root, model, shards, DUMP, model_cfg)
     assert [ref.get("reused", False) for ref in acts] == [False, False]
     direct = [stages.dump(str(tmp_path / "direct"), model, shard, DUMP, model_cfg) for shard in shards]
     assert [ref["fingerprint"] for ref in acts] == [ref["fingerprint"] for ref in direct]
