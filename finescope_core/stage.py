@@ -56,9 +56,5 @@ def source_fingerprint(uri: str) -> str:
     fs, path = storage.filesystem(uri)
     if not fs.isdir(path):
         return storage.content_id(uri)
-    if storage.is_local(uri):
-        return storage.fingerprint(storage.file_hashes(uri))
-    root = path.rstrip("/")
-    return storage.fingerprint({file[len(root) + 1 :]: storage.content_id(storage.join(uri, file[len(root) + 1 :]))
-                                for file in sorted(fs.find(root))})
+    return storage.fingerprint(storage.file_hashes(uri, None if storage.is_local(uri) else storage.content_id))
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +182,9 @@ def mark_complete(uri: str, info: dict[str, Any]) -> None:
     write_json(join(uri, COMPLETE_MARKER), info)
 
 
-def file_hashes(uri: str) -> dict[str, str]:
-    """Content hash of every file under ``uri`` (recursively) but its own marker, keyed by relative path."""
+def file_hashes(uri: str, digest: Callable[[str], str] | None = None) -> dict[str, str]:
+    """Content hash (``digest``, sha256 by default) of every file under ``uri`` (recursively) but its own marker,
+    keyed by relative path."""
     fs, path = filesystem(uri)
     root = path.rstrip("/")
     out = {}
@@ -192,7 +193,7 @@ def file_hashes(uri: str) -> dict[str, str]:
         name = rel.rsplit("/", 1)[-1]
         if name.startswith(".") or rel == COMPLETE_MARKER:
             continue
-        out[rel] = sha256_uri(join(uri, rel))
+        out[rel] = (digest or sha256_uri)(join(uri, rel))
     return out
 
 
