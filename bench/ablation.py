@@ -142,6 +142,10 @@ def main() -> None:
     for domain, row in table.items():
         cells = "".join(f"{row[n][0]:>10.3f} [{row[n][1]:.3f}, {row[n][2]:.3f}]" for n in FINE_TUNES)
         print(f"{domain:<10}{row['base']:>8.3f}{row['pruned']:>8.3f}{cells}")
+    for domain, row in table.items():
+        share, beats = row["curated_sdd"][0] / row["base"], row["curated_sdd"][0] > row["random_ft"][0]
+        print(f"goal, {domain}: curated_sdd keeps {share:.1%} of base (>= 90%: {round(share, 6) >= 0.9}); "
+              f"beats random_ft: {beats}")
     print(f"data: {json.dumps(notes)}")
     png = Path(args.output) / "ablation.png"
     storage.write_bytes(str(png), ablation_png(table, "Recovery ablation (cloze accuracy)"))
