@@ -107,6 +107,7 @@ def main() -> None:
     config = load_config(args.config, {"output": args.output})
     config = config.model_copy(update={"distill": config.distill.model_copy(update=overrides)})
     results_dir = Path(args.output) / "results"
+    recipe = f"{args.method}-{args.lr:g}-{args.rewrite_tokens}"  # part of every fine-tune's cache key
     table: dict[str, dict] = {}
     notes = {}
     for domain in args.domains:
@@ -127,7 +128,6 @@ def main() -> None:
             notes[domain] = {"acceptance_rate": sets["acceptance_rate"],
                              **{f"{name}_examples": len(sets[name]) for name in FINE_TUNES}}
             cfg = config.distill.model_copy(update={"seed": seed})
-            recipe = f"{args.method}-{args.lr:g}-{args.rewrite_tokens}"
             for name in FINE_TUNES:
                 key = f"{tag}-{name}-{seed}-{args.train_tokens}-{recipe}-{pruned['fingerprint']}"
                 runs[name].append(cached(results_dir / f"{key}.json", fine_tuned_correctness, pruned_folder,
