@@ -37,7 +37,10 @@ class Service:
     worker_log: Path
 
     def post(self, path: str, **body) -> httpx.Response:
-        return httpx.post(f"{self.api}{path}", json=body, auth=self.auth, timeout=30)
+        """An authenticated POST that must succeed; a failure shows the server's answer."""
+        response = httpx.post(f"{self.api}{path}", json=body, auth=self.auth, timeout=30)
+        assert response.is_success, f"POST {path}: {response.status_code} {response.text[:2000]}"
+        return response
 
     def wait(self, run_id: str, timeout: float = 420) -> dict:
         deadline = time.monotonic() + timeout
