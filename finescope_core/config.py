@@ -169,7 +169,9 @@ class EvalConfig(StageConfig):
         256, ge=8, description="Tokens per multiple-choice sequence; longer contexts lose their beginning."
     )
     bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples for 95% confidence intervals.")
-    batch_size: int = Field(8, ge=1, description="Sequences per forward batch.")
+    batch_size: int = Field(
+        8, ge=1, description="Sequences per forward batch (a multiple-choice item, its choices packed, counts as one)."
+    )
     harness_tasks: list[str] = Field(
         default_factory=list, description="lm-evaluation-harness tasks to run as well (needs lm_eval installed and "
         "the tasks' data reachable); finescope_<domain>_mc runs our eval set of that domain through the harness."
