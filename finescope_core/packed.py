@@ -33,11 +33,11 @@ class PackedRow:
     scored: list[list[int]]  # per choice: the indices of its scored tokens
 
     def predictor(self, index: int) -> int:
-        """The index whose logits predict the token at ``index``: the previous token of the same segment, or the
-        context's last token for a choice's first token."""
-        if self.segments[index - 1] in (0, self.segments[index]):
+        """The index whose logits predict the token at ``index``: the previous token of the same segment, or, for a
+        choice's first token, the context's last token (a context token's index is its position)."""
+        if self.segments[index - 1] == self.segments[index]:
             return index - 1
-        return self.segments.index(1) - 1
+        return self.positions[index] - 1
 
 
 def can_pack(model: PreTrainedModel) -> bool:
