@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--mc-items", type=int, default=200)
     parser.add_argument("--train-tokens", type=int, default=8000, help="tokens every fine-tune sees")
     parser.add_argument("--method", choices=["lora", "full"], default="full",
-                        help="fine-tuning method of every fine-tune (full recovered more than LoRA at equal tokens)")
+                        help="fine-tuning method of every fine-tune")
     parser.add_argument("--lr", type=float, default=5e-5, help="learning rate of every fine-tune")
     parser.add_argument("--rewrite-tokens", type=int, default=128, help="tokens the teacher may write per rewrite")
     parser.add_argument("--quick", action="store_true", help="one domain, one seed, 60 items, 3,000 tokens")
