@@ -29,6 +29,7 @@ from finescope_core.evaluate import bootstrap_counts, mc_correct, percentile_ci,
 from finescope_core.finetune import encode_example, finetune
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.report import ablation_png
+from finescope_core.stage import STAGE_VERSIONS
 
 FINE_TUNES = ("random_ft", "curated_ft", "curated_sdd")
 
@@ -107,7 +108,8 @@ def main() -> None:
     config = load_config(args.config, {"output": args.output})
     config = config.model_copy(update={"distill": config.distill.model_copy(update=overrides)})
     results_dir = Path(args.output) / "results"
-    recipe = f"{args.method}-{args.lr:g}-{args.rewrite_tokens}"  # part of every fine-tune's cache key
+    # part of every fine-tune's cache key, with the fine-tuning code's version
+    recipe = f"{args.method}-{args.lr:g}-{args.rewrite_tokens}-v{STAGE_VERSIONS['recovered']}"
     table: dict[str, dict] = {}
     notes = {}
     for domain in args.domains:

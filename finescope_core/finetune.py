@@ -22,16 +22,32 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def encode_example(tokenizer, example: dict, max_length: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels: a (prompt, response) pair learns only the response; a plain text learns every token."""
+    """Token ids and labels: a (prompt, response) pair learns only the response; a plain text learns every token.
+
+    A prompt too long to leave the response room loses its end, down to half of ``max_length``: otherwise a long
+    prompt (a task with its test cases) would fill the window and the example would teach nothing.
+    """
     if example.get("prompt") and example.get("response"):
-        prompt_ids = tokenizer(chat_prompt(tokenizer, example["prompt"]), add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(example["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        room = max(max_length - len(answer_ids), max_length // 2)
+        prompt_ids = prompt_within(tokenizer, example["prompt"], room)
         ids = (prompt_ids + answer_ids)[:max_length]
         labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
     else:
         ids = tokenizer(example["text"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:max_length]
         labels = list(ids)
     return ids, labels
+
+
+def prompt_within(tokenizer, prompt: str, room: int) -> list[int]:
+    """The chat-formatted prompt's token ids, its user text shortened (from the end) to fit ``room`` tokens."""
+    ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    if len(ids) <= room:
+        return ids
+    user_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    keep = max(len(user_ids) - (len(ids) - room), 0)
+    shortened = tokenizer(chat_prompt(tokenizer, tokenizer.decode(user_ids[:keep])), add_special_tokens=False)
+    return shortened["input_ids"][-room:]  # re-encoding may drift by a token; the answer header must stay
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

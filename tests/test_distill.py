@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from finescope_core.config import DistillConfig
-from finescope_core.distill import final_answer, rejection_reason, self_distill
+from finescope_core.distill import chat_prompt, final_answer, rejection_reason, self_distill
 from finescope_core.finetune import IGNORE, encode_example, finetune
 from finescope_core.models import load_model, load_tokenizer
 
@@ -45,6 +45,18 @@ def test_response_only_loss_masks_the_prompt(tiny_model: Path):
     assert set(labels[: -len(answer)]) == {IGNORE}
     ids, labels = encode_example(tokenizer, {"text": "plain passage", "prompt": None, "response": None}, 128)
     assert labels == ids
+
+
+def test_a_long_prompt_loses_its_end_so_the_response_is_still_learned(tiny_model: Path):
+    tokenizer = load_tokenizer(tiny_model)
+    prompt = "Write a function to add two numbers. " + " ".join(f"assert add({i}, 1) == {i + 1}" for i in range(60))
+    ids, labels = encode_example(tokenizer, {"prompt": prompt, "response": "def add(a, b):\n    return a + b"}, 96)
+    answer = tokenizer("def add(a, b):\n    return a + b" + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    assert len(ids) <= 96 and labels[-len(answer):] == answer == ids[-len(answer):]
+    shown = tokenizer.decode(ids[: -len(answer)])
+    assert shown.startswith(chat_prompt(tokenizer, "Write a function")[:40])  # the instruction is kept
+    assert shown.endswith(chat_prompt(tokenizer, "x").rsplit("x", 1)[1])  # and the answer header
+    assert "assert add(59, 1)" not in shown
 
 
 EXAMPLES = [{"prompt": f"Question {i}: what is {i} plus {i}?", "response": f"It is {2 * i}.", "text": ""}
