@@ -49,12 +49,13 @@ def test_response_only_loss_masks_the_prompt(tiny_model: Path):
 
 def test_a_long_prompt_loses_its_end_so_the_response_is_still_learned(tiny_model: Path):
     tokenizer = load_tokenizer(tiny_model)
-    prompt = "Write a function to add two numbers. " + " ".join(f"assert add({i}, 1) == {i + 1}" for i in range(60))
-    ids, labels = encode_example(tokenizer, {"prompt": prompt, "response": "def add(a, b):\n    return a + b"}, 96)
-    answer = tokenizer("def add(a, b):\n    return a + b" + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    instruction, response = "Write a function to add two numbers.", "def add(a, b):\n    return a + b"
+    prompt = instruction + " " + " ".join(f"assert add({i}, 1) == {i + 1}" for i in range(60))
+    ids, labels = encode_example(tokenizer, {"prompt": prompt, "response": response}, 96)
+    answer = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     assert len(ids) <= 96 and labels[-len(answer):] == answer == ids[-len(answer):]
     shown = tokenizer.decode(ids[: -len(answer)])
-    assert shown.startswith(chat_prompt(tokenizer, "Write a function")[:40])  # the instruction is kept
+    assert shown.startswith(chat_prompt(tokenizer, prompt).split(instruction)[0] + instruction)  # header, instruction
     assert shown.endswith(chat_prompt(tokenizer, "x").rsplit("x", 1)[1])  # and the answer header
     assert "assert add(59, 1)" not in shown
 
