@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def curated_refs(config: RunConfig, domain: str) -> tuple[dict, dict, dict]:
-    """(model, corpus, {"curated": ..., "generic": pool}) references for ``domain``: the curation stages without
-    Prefect (as flows/curate.py chains them), cached under the run root."""
+    """(model, corpus, refs) for ``domain``: the curation stages without Prefect (as flows/curate.py chains them),
+    cached under the run root. ``refs`` holds "curated" (SAE selection), "generic" (the pool) and what a selection
+    by another method needs ("seeds", "vectors")."""
     root, device = config.output, config.model.device
     model = stages.model_ref(config.model)
     corpus = stages.corpus(root, config.data)
@@ -26,9 +27,15 @@ def curated_refs(config: RunConfig, domain: str) -> tuple[dict, dict, dict]:
     vectors = {"pool_acts": pool_acts, "seed_acts": seed_acts,
                "pool_emb": stages.embeddings(root, pool_acts, sae, pooling, device),
                "seed_emb": stages.embeddings(root, seed_acts, sae, pooling, device)}
-    select = config.select.model_copy(update={"seeds": str(REPO / "seeds" / f"{domain}.jsonl")})
-    curated = stages.curated(root, pool, seeds, vectors, corpus["eval"], select)
-    return model, corpus, {"curated": curated, "generic": pool}
+    refs = {"generic": pool, "seeds": seeds, "vectors": vectors}
+    return model, corpus, {**refs, "curated": selection(config, domain, corpus, refs, "sae")}
+
+
+def selection(config: RunConfig, domain: str, corpus: dict, refs: dict, method: str) -> dict:
+    """The domain's documents selected from the pool by ``method`` (sae, minilm, raw_act, random) at the config's
+    budget."""
+    select = config.select.model_copy(update={"seeds": str(REPO / "seeds" / f"{domain}.jsonl"), "method": method})
+    return stages.curated(config.output, refs["generic"], refs["seeds"], refs["vectors"], corpus["eval"], select)
 
 
 def cached(path: Path, compute, *args):

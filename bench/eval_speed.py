@@ -32,7 +32,7 @@ def timed_logliks(model, tokenizer, items, batch_size: int, max_tokens: int, pac
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
-    parser.add_argument("--output", default=str(REPO / "runs" / "bench-ablation"), help="where the corpus is built")
+    parser.add_argument("--output", default=str(REPO / "runs" / "bench-recovery"), help="where the corpus is built")
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--domains", nargs="+", default=["science", "code", "general"])
     args = parser.parse_args()

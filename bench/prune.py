@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from common import REPO, cached, curated_refs
 
 from finescope_core import stages
 from finescope_core.config import PruneConfig, load_config
-from finescope_core.evaluate import perplexity, read_docs
+from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.models import load_model, load_tokenizer
 
 VARIANTS = {  # label -> (calibration text, settings that differ from the config's)
@@ -100,8 +101,11 @@ def main() -> None:
 
     def held_out_ppl(model_uri: str, key: str, tokenizer, docs) -> float:
         """Perplexity on the domain's held-out docs, kept per model so a rerun resumes."""
-        return cached(cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json", lambda: perplexity(
-            load_model(model_uri), tokenizer, docs, args.eval_tokens, 8, 10, 0)["ppl"])
+        def compute() -> float:
+            scores = document_scores(load_model(model_uri), tokenizer, docs, args.eval_tokens, 8)
+            return math.exp(sum(scores["nll"]) / sum(scores["tokens"]))
+
+        return cached(cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json", compute)
 
     pruned_uri, calibration_of_first, counts = None, None, {}
     for domain in args.domains:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finescope_core.corpus import CorpusConfig
 
@@ -147,24 +147,62 @@ class PruneConfig(StageConfig):
 
 
 class DistillConfig(StageConfig):
-    self_distill: bool = Field(True, description="Rewrite targets with the unpruned model before fine-tuning.")
-    max_examples: int = Field(64, ge=1, description="Curated examples used for fine-tuning.")
+    """Self-distilled targets (SDFT): the unpruned model rewrites each curated answer in its own words."""
+
+    max_examples: int | None = Field(
+        None, ge=1, description="Curated documents (best-ranked first) whose answers are rewritten; the rest keep "
+        "their text. None: all of them."
+    )
     max_new_tokens: int = Field(96, ge=1, description="Tokens the teacher may generate per rewrite.")
     generation_batch: int = Field(8, ge=1, description="Rewrites generated per batch.")
-    method: Literal["lora", "full"] = Field("lora", description="LoRA (merged after training) or full fine-tuning.")
-    lora_rank: int = Field(16, ge=1, description="LoRA rank.")
-    lr: float = Field(2e-4, gt=0, description="Learning rate.")
-    epochs: int = Field(1, ge=1, description="Passes over the examples.")
-    batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
-    grad_accum: int = Field(2, ge=1, description="Micro-batches per optimiser step.")
-    max_length: int = Field(256, ge=8, description="Tokens per training example.")
-    seed: int = Field(0, description="Seed of shuffling and initialisation.")
+
+
+class RecoverConfig(StageConfig):
+    """Recovery: the pruned model learns the unpruned model's next-token distribution on plain domain text."""
+
+    targets: Literal["curated", "self_distilled"] = Field(
+        "curated", description="Text trained on: the curated documents as they are, or with their answers rewritten "
+        "by the unpruned model (see distill)."
+    )
+    tokens: int = Field(
+        32768, ge=1, description="Supervised tokens: positions that carry a loss, summed over all steps (the budget; "
+        "the text repeats, reshuffled, when it is shorter)."
+    )
+    lm_weight: float = Field(
+        0.5, ge=0, le=1, description="Weight of the plain next-token loss on the text; the distillation loss (KL from "
+        "the teacher's distribution) gets 1 - lm_weight. 0 distils only; 1 trains without a teacher."
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="Softmax temperature of both distributions in the distillation loss (scaled by its "
+        "square, so gradients keep their size)."
+    )
+    method: Literal["full", "lora"] = Field(
+        "full", description="Train every weight but the vocabulary matrices, or LoRA adapters (merged afterwards)."
+    )
+    lora_rank: int = Field(16, ge=1, description="LoRA rank (method=lora).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    warmup: float = Field(
+        0.1, ge=0, lt=1, description="Fraction of the steps over which the learning rate rises linearly from 0; it "
+        "then decays to 0 on a cosine."
+    )
+    grad_clip: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
+    sequence_tokens: int = Field(128, ge=8, description="Tokens per training window (documents are packed).")
+    batch_sequences: int = Field(8, ge=1, description="Windows per optimiser step.")
+    precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="Arithmetic of the forward and backward passes: bfloat16 autocast (weights and "
+        "optimiser state stay float32; the teacher runs in bfloat16) or float32 throughout."
+    )
+    checkpoints: int = Field(
+        4, ge=0, description="Checkpoints written during training, evenly spaced, beside the artifact: a killed or "
+        "retried run (on any worker) resumes from the last one."
+    )
+    seed: int = Field(0, description="Seed of the window order and of LoRA's initialisation.")
 
 
 class EvalConfig(StageConfig):
-    mc_items: int = Field(100, ge=1, description="Cloze multiple-choice items per domain.")
-    ppl_docs: int = Field(50, ge=1, description="Held-out documents per domain for perplexity.")
-    max_tokens: int = Field(256, ge=8, description="Tokens per perplexity document.")
+    mc_items: int = Field(1000, ge=1, description="Cloze multiple-choice items per domain.")
+    ppl_docs: int = Field(200, ge=1, description="Held-out documents per domain for bits per byte and perplexity.")
+    max_tokens: int = Field(256, ge=8, description="Tokens per held-out document (the rest is not scored).")
     mc_max_tokens: int = Field(
         256, ge=8, description="Tokens per multiple-choice sequence; longer contexts lose their beginning."
     )
@@ -172,11 +210,39 @@ class EvalConfig(StageConfig):
     batch_size: int = Field(
         8, ge=1, description="Sequences per forward batch (a multiple-choice item, its choices packed, counts as one)."
     )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Arithmetic of scoring: float32, or bfloat16 autocast (faster on CPUs with bfloat16 "
+        "instructions and on GPUs; every model compared is scored the same way)."
+    )
     harness_tasks: list[str] = Field(
         default_factory=list, description="lm-evaluation-harness tasks to run as well (needs lm_eval installed and "
         "the tasks' data reachable); finescope_<domain>_mc runs our eval set of that domain through the harness."
     )
     harness_limit: int | None = Field(None, ge=1, description="Items per harness task (empty: all).")
+
+
+class SweepConfig(StageConfig):
+    """The size/quality sweep: the pipeline's pruned-and-recovered model at several pruning ratios."""
+
+    ratios: list[float] = Field(
+        default_factory=lambda: [0.1, 0.2, 0.3], min_length=1, description="Pruning ratios (fractions of all "
+        "parameters removed) to prune and recover at."
+    )
+    metric: Literal["bpb", "acc"] = Field(
+        "bpb", description="Domain score the choice is made on: bits per byte (share = base bpb / model bpb) or "
+        "cloze accuracy (share = model accuracy / base accuracy)."
+    )
+    keep: float = Field(
+        0.9, gt=0, le=1, description="Share of the base model's domain score the chosen (smallest) model must keep."
+    )
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, ratios: list[float]) -> list[float]:
+        bad = [r for r in ratios if not 0 < r <= 0.9]
+        if bad:
+            raise ValueError(f"sweep.ratios: {bad} outside (0, 0.9]; give fractions of parameters to remove")
+        return sorted(set(ratios))
 
 
 class RunnerConfig(StageConfig):
@@ -205,7 +271,9 @@ class RunConfig(StageConfig):
     select: SelectConfig = Field(default_factory=SelectConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    recover: RecoverConfig = Field(default_factory=RecoverConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")

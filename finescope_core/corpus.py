@@ -42,7 +42,7 @@ from finescope_core.ngrams import NgramIndex, count_overlaps
 
 Domain = Literal["medicine", "math", "science", "code", "general"]
 DOMAINS: tuple[str, ...] = get_args(Domain)
-BUILDER_VERSION = "2"  # 2: code cloze items include basic-skills coding
+BUILDER_VERSION = "3"  # 2: code cloze items include basic-skills coding; 3: 1,000 cloze items per domain
 NGRAM_N = 13
 MIN_WORDS = 20
 CHUNK_CHARS = 1500  # target size of the chunks cut from long texts (papers)
@@ -101,7 +101,7 @@ class CorpusConfig(BaseModel):
     docs_per_domain: int = Field(
         1500, ge=1, description="Pool documents per domain; an error if a domain's sources cannot provide that many."
     )
-    eval_mc_per_domain: int = Field(200, ge=1, description="Held-out cloze multiple-choice items per domain.")
+    eval_mc_per_domain: int = Field(1000, ge=1, description="Held-out cloze multiple-choice items per domain.")
     eval_text_per_domain: int = Field(200, ge=1, description="Held-out perplexity documents per domain.")
     max_chars: int = Field(3000, ge=200, description="Each document's text is cut to at most this many characters.")
     shard_docs: int = Field(2000, ge=1, description="Pool documents per Parquet shard.")

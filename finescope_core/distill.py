@@ -9,6 +9,7 @@ answering, or (when the reference has a final answer) reaches a different final 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,33 +33,66 @@ def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
     return (f"{system}\n\n" if system else "") + f"### Instruction:\n{user}\n\n### Response:\n"
 
 
+ANSWER_STATEMENT = re.compile(r"\b(?:final |correct )?answer is:?\s*\**\s*([^\n]+?)\**\s*(?:\.\s|\.?$|\n)",
+                              re.IGNORECASE)
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
 def final_answer(text: str) -> str | None:
-    """The final answer, if the text states one: a \\boxed{...} value, a GSM8K-style '#### x', or the option letter
-    a multiple-choice answer starts with ('C. ...', '(C) ...')."""
+    """The final answer, if the text states one: the option letter a multiple-choice answer starts with
+    ('C. ...', '(C) ...'), a \\boxed{...} value, a GSM8K-style '#### x', or the last 'the answer is x'."""
     option = re.match(r"\s*\(?([A-J])[.)](\s|$)", text)
     if option:
         return option.group(1)
     boxed = re.findall(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", text)
     if boxed:
-        return re.sub(r"\s+", "", boxed[-1])
+        return normalise(boxed[-1])
     marked = re.findall(r"####\s*([^\n]+)", text)
-    return re.sub(r"[\s,$]", "", marked[-1]) if marked else None
+    if marked:
+        return normalise(marked[-1])
+    stated = ANSWER_STATEMENT.findall(text)
+    return normalise(stated[-1]) if stated else None
+
+
+def normalise(answer: str) -> str:
+    """An answer compared loosely: lower case, without spaces, thousands separators, currency signs or a final
+    full stop."""
+    return re.sub(r"[\s,$]", "", answer).lower().rstrip(".")
+
+
+def states_answer(rewrite: str, expected: str) -> bool:
+    """Whether the rewrite reaches ``expected`` (a :func:`final_answer`): by its own stated final answer, else by
+    its last number (for a numeric answer) or by containing the answer (for a text answer)."""
+    stated = final_answer(rewrite)
+    if stated is not None:
+        return stated == expected
+    if NUMBER.fullmatch(expected):
+        numbers = NUMBER.findall(rewrite)
+        return bool(numbers) and normalise(numbers[-1]) == expected
+    return expected in normalise(rewrite)
 
 
 def rejection_reason(prompt: str, reference: str, rewrite: str, truncated: bool) -> str | None:
-    """Why a rewrite must not replace the reference, or None if it may."""
+    """Why a rewrite must not replace the reference, or None if it may.
+
+    A rewrite found inside the prompt is an echo unless it is an answer: it states a final answer (a short
+    multiple-choice answer such as 'B. Candida' repeats an option of the prompt), judged as such, or it is part of
+    the reference.
+    """
     text = rewrite.strip()
     if not text:
         return "empty"
     if truncated:
         return "truncated"
-    if text.lower() in prompt.lower() or (len(prompt) > 20 and prompt.strip().lower() in text.lower()):
+    expected = final_answer(reference)
+    reaches = expected is None or states_answer(text, expected)
+    lowered, prompt_lowered = text.lower(), prompt.strip().lower()
+    copied = lowered in prompt_lowered and final_answer(text) is None and lowered not in reference.lower()
+    if copied or (len(prompt_lowered) > 20 and prompt_lowered in lowered):
         return "echo"
-    lowered = text.lower()
     if any(phrase in lowered for phrase in BANNED) or lowered.startswith("your turn"):
         return "meta"
-    expected = final_answer(reference)
-    if expected is not None and final_answer(text) != expected:
+    if not reaches:
         return "wrong_final_answer"
     return None
 
@@ -94,3 +128,33 @@ def self_distill(teacher_dir: str | Path, examples: Sequence[dict], cfg: Distill
                          "kept": "original" if reason else "rewrite", "reject_reason": reason or "",
                          "response": example["response"] if reason else rewrite.strip()})
     return rows
+
+
+def rewritable(row: dict) -> bool:
+    """A document whose text ends with its answer, so that the answer can be swapped for a rewrite."""
+    return bool(row.get("prompt") and row.get("response") and (row.get("text") or "").endswith(row["response"]))
+
+
+def distill_documents(teacher_dir: str | Path, rows: list[dict], cfg: DistillConfig,
+                      device: str = "cpu") -> tuple[list[dict], dict]:
+    """Every document, in its order, with its answer replaced by the teacher's accepted rewrite (``text`` too);
+    and the counts: rewritten, accepted, acceptance rate, and rejections by reason."""
+    limit = len(rows) if cfg.max_examples is None else cfg.max_examples
+    chosen = [i for i, row in enumerate(rows[:limit]) if rewritable(row)]
+    rewrites = dict(zip(chosen, self_distill(teacher_dir, [rows[i] for i in chosen], cfg, device)))
+    out = []
+    for i, row in enumerate(rows):
+        done = rewrites.get(i)
+        if done is None:
+            reason = "not_rewritten" if i < limit and not rewritable(row) else "beyond_max_examples"
+            out.append({**row, "original": row.get("response"), "rewrite": None, "kept": "original",
+                        "reject_reason": reason})
+            continue
+        head = row["text"][: len(row["text"]) - len(row["response"])]
+        out.append({**done, "text": head + done["response"]})
+    reasons = Counter(r["reject_reason"] for r in rewrites.values() if r["reject_reason"])
+    accepted = sum(r["kept"] == "rewrite" for r in rewrites.values())
+    info = {"n_docs": len(rows), "rewritten": len(rewrites), "accepted": accepted,
+            "acceptance_rate": accepted / len(rewrites) if rewrites else None,
+            "rejected": dict(sorted(reasons.items()))}
+    return out, info

@@ -1,10 +1,12 @@
-"""Evaluation: perplexity, bits per byte and cloze multiple-choice accuracy per domain, with bootstrap CIs.
+"""Evaluation: bits per byte, perplexity and cloze multiple-choice accuracy per domain, with bootstrap CIs, and the
+per-item and per-document scores from which two models are compared paired (``stats``, ``report``).
 
-Eval sets live under ``<eval_uri>/<domain>/mc.parquet`` (item_id, context, choices, answer) and
-``<eval_uri>/<domain>/text.parquet`` (doc_id, text). Both metrics reduce to one primitive: the summed log-probability of
-the last ``n`` tokens of a sequence, computed in length-sorted, right-padded batches with ``logits_to_keep`` so that
-only the positions that are scored get full-vocabulary logits. Multiple choice packs an item's choices into one row
-that shares their context (``packed``), which gives the same scores for a fraction of the compute.
+Eval sets live under ``<eval_uri>/<domain>/mc.parquet`` (item_id, context, choices, answer; optional source)
+and ``<eval_uri>/<domain>/text.parquet`` (doc_id, text; optional source). Both metrics reduce to one primitive: the
+summed log-probability of the last ``n`` tokens of a sequence, computed in length-sorted, right-padded batches with
+``logits_to_keep`` so that only the positions that are scored get full-vocabulary logits. Multiple choice packs an
+item's choices into one row that shares their context (``packed``), which gives the same scores for a fraction of
+the compute.
 
 Why cloze: at 135M parameters a letter-answer prompt carries no signal (the model answers "A" every time), while
 scoring each choice's text as a continuation of the stem does. Choices are compared by log-likelihood per character
@@ -16,9 +18,8 @@ of a document is scored too and bits per byte covers every byte of the scored te
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,14 +35,13 @@ from finescope_core import storage
 from finescope_core.models import ARTIFACT_CACHE, count_parameters, load_model, load_tokenizer
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
 from finescope_core.progress import progress
+from finescope_core.stats import bootstrap_counts, bpb_ci, mean_ci, percentile_ci
 
 if TYPE_CHECKING:
     from finescope_core.config import EvalConfig
 
 MC_COLUMNS = ("item_id", "context", "choices", "answer")
 TEXT_COLUMNS = ("doc_id", "text")
-THROUGHPUT_SHAPE = (4, 128)  # fixed (batch, tokens) so that base and pruned models are timed on equal work
-THROUGHPUT_RUNS = 3
 EVAL_SET_FIX = (
     "build the eval sets with the corpus stage, or point data.eval_sets at a folder holding "
     "<domain>/mc.parquet and <domain>/text.parquet"
@@ -58,6 +58,7 @@ class MCItem:
     context: str
     choices: list[str]
     answer: int
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Doc:
 
     doc_id: str
     text: str
+    source: str = ""
 
 
 def evaluate_model(
@@ -77,13 +79,14 @@ def evaluate_model(
     dtype: str = "float32",
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Perplexity, bits per byte and cloze accuracy per domain, plus size and forward throughput of one model.
+    """Bits per byte, perplexity and cloze accuracy per domain (with 95% CIs and a per-source breakdown), plus the
+    per-unit scores that paired comparisons between models need.
 
     Eval sets are read and validated before the model is loaded, so bad input fails fast. The result is
-    JSON-serialisable: ``{"params", "tokens_per_s", "domains": {domain: {ppl, ppl_ci, bpb, acc, acc_ci, n_mc,
-    n_docs, n_tokens}}}``. Peak memory beyond the weights is one batch of perplexity logits,
-    ``batch_size x (max_tokens + 1) x vocab`` floats (about 400 MB at 8 x 256 with a 49k vocabulary): lower
-    ``cfg.batch_size`` to bound it.
+    JSON-serialisable: ``{"params", "domains": {domain: {bpb, bpb_ci, ppl, ppl_ci, acc, acc_ci, margin, margin_ci,
+    n_mc, n_docs, n_tokens, by_source}}, "units": {domain: {"items": {...}, "docs": {...}}}}``. Peak memory beyond
+    the weights is one batch of perplexity logits, ``batch_size x (max_tokens + 1) x vocab`` floats (about 400 MB at
+    8 x 256 with a 49k vocabulary): lower ``cfg.batch_size`` to bound it.
     """
     if not domains:
         raise ValueError("no domains to evaluate: give at least one domain (eval_domains)")
@@ -91,14 +94,14 @@ def evaluate_model(
     folder = _local_model_dir(model_dir)
     tokenizer = load_tokenizer(folder)
     model = _load_model(folder, device, dtype)
-    results = {
-        domain: {
-            **perplexity(model, tokenizer, docs, cfg.max_tokens, cfg.batch_size, cfg.bootstrap, seed),
-            **mc_accuracy(model, tokenizer, items, cfg.batch_size, cfg.bootstrap, seed, cfg.mc_max_tokens),
-        }
-        for domain, (items, docs) in sets.items()
-    }
-    result = {"params": count_parameters(model), "tokens_per_s": tokens_per_second(model, seed), "domains": results}
+    summaries, units = {}, {}
+    with _precision(model, cfg.precision):
+        for domain, (items, docs) in sets.items():
+            doc_units = document_scores(model, tokenizer, docs, cfg.max_tokens, cfg.batch_size)
+            item_units = item_scores(model, tokenizer, items, cfg.batch_size, cfg.mc_max_tokens)
+            summaries[domain] = summarise(doc_units, item_units, cfg.bootstrap, seed)
+            units[domain] = {"docs": doc_units, "items": item_units}
+    result = {"params": count_parameters(model), "domains": summaries, "units": units}
     if cfg.harness_tasks:
         from finescope_core.harness import run_harness
 
@@ -107,14 +110,53 @@ def evaluate_model(
     return result
 
 
+def _precision(model: PreTrainedModel, precision: str):
+    """bfloat16 autocast for scoring (log-probabilities are still taken in float32), or plain arithmetic."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=torch.bfloat16)
+
+
+def summarise(docs: dict[str, list], items: dict[str, list], resamples: int, seed: int) -> dict[str, Any]:
+    """Aggregates with 95% bootstrap CIs over documents (bpb, perplexity) and items (accuracy, margin), overall
+    and per source."""
+    nll, n_bytes, n_tokens = (np.asarray(docs[k], dtype=np.float64) for k in ("nll", "bytes", "tokens"))
+    counts = bootstrap_counts(len(nll), resamples, seed)
+    bpb, *bpb_interval = bpb_ci(nll, n_bytes, resamples, seed)
+    acc, *acc_interval = mean_ci(items["correct"], resamples, seed)
+    margin, *margin_interval = mean_ci(items["margin"], resamples, seed)
+    return {
+        "bpb": bpb, "bpb_ci": bpb_interval,
+        "ppl": float(np.exp(nll.sum() / n_tokens.sum())),
+        "ppl_ci": percentile_ci(np.exp((counts @ nll) / (counts @ n_tokens))),
+        "acc": acc, "acc_ci": acc_interval, "margin": margin, "margin_ci": margin_interval,
+        "n_mc": len(items["correct"]), "n_docs": len(nll), "n_tokens": int(n_tokens.sum()),
+        "by_source": by_source(docs, items),
+    }
+
+
+def by_source(docs: dict[str, list], items: dict[str, list]) -> dict[str, dict[str, float]]:
+    """Per source: accuracy and item count, bits per byte and document count (whichever the source has)."""
+    out: dict[str, dict[str, float]] = {}
+    for source in dict.fromkeys(items["source"]):
+        picked = [c for c, s in zip(items["correct"], items["source"]) if s == source]
+        out.setdefault(source, {}).update(acc=float(np.mean(picked)), n_mc=len(picked))
+    for source in dict.fromkeys(docs["source"]):
+        rows = [i for i, s in enumerate(docs["source"]) if s == source]
+        nats, size = sum(docs["nll"][i] for i in rows), sum(docs["bytes"][i] for i in rows)
+        out.setdefault(source, {}).update(bpb=float(nats / size / np.log(2)), n_docs=len(rows))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- eval sets
 
 
 def read_mc_items(eval_uri: str, domain: str, limit: int) -> list[MCItem]:
     """The first ``limit`` items of a domain's ``mc.parquet``, checked: every item has choices and a valid answer."""
     uri = storage.join(eval_uri, domain, "mc.parquet")
-    rows = _read_head(uri, MC_COLUMNS, limit).to_pylist()
-    items = [MCItem(str(r["item_id"]), r["context"] or "", list(r["choices"] or []), r["answer"]) for r in rows]
+    rows = _read_head(uri, MC_COLUMNS, limit, optional=("source",)).to_pylist()
+    items = [MCItem(str(r["item_id"]), r["context"] or "", list(r["choices"] or []), r["answer"], r.get("source") or "")
+             for r in rows]
     for item in items:
         _check_item(uri, item)
     return items
@@ -135,15 +177,17 @@ def _check_item(uri: str, item: MCItem) -> None:
 def read_docs(eval_uri: str, domain: str, limit: int) -> list[Doc]:
     """The first ``limit`` documents of a domain's ``text.parquet``; each must have text."""
     uri = storage.join(eval_uri, domain, "text.parquet")
-    docs = [Doc(str(r["doc_id"]), r["text"] or "") for r in _read_head(uri, TEXT_COLUMNS, limit).to_pylist()]
+    rows = _read_head(uri, TEXT_COLUMNS, limit, optional=("source",)).to_pylist()
+    docs = [Doc(str(r["doc_id"]), r["text"] or "", r.get("source") or "") for r in rows]
     for doc in docs:
         if not doc.text.strip():
             raise ValueError(f"{uri}: document {doc.doc_id!r} has no text; drop it from the eval set")
     return docs
 
 
-def _read_head(uri: str, columns: tuple[str, ...], limit: int) -> pa.Table:
-    """The first ``limit`` rows of a Parquet file, read batch by batch so that a large file is never loaded whole."""
+def _read_head(uri: str, columns: tuple[str, ...], limit: int, optional: tuple[str, ...] = ()) -> pa.Table:
+    """The first ``limit`` rows of a Parquet file (``columns``, and those of ``optional`` it has), read batch by
+    batch so that a large file is never loaded whole."""
     if not storage.exists(uri):
         raise FileNotFoundError(f"eval set {uri} not found: {EVAL_SET_FIX}")
     fs, path = storage.filesystem(uri)
@@ -153,7 +197,8 @@ def _read_head(uri: str, columns: tuple[str, ...], limit: int) -> pa.Table:
         if missing:
             raise ValueError(f"eval set {uri} lacks columns {missing}; expected {list(columns)}")
         batches, rows = [], 0
-        for batch in parquet.iter_batches(batch_size=limit, columns=list(columns)):
+        present = [*columns, *(c for c in optional if c in parquet.schema_arrow.names)]
+        for batch in parquet.iter_batches(batch_size=limit, columns=present):
             batches.append(batch)
             rows += batch.num_rows
             if rows >= limit:
@@ -240,33 +285,19 @@ def _batch_logprobs(model: PreTrainedModel, batch: list[Sequence]) -> list[float
 # --------------------------------------------------------------------------------------------------- perplexity
 
 
-def perplexity(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    docs: list[Doc],
-    max_tokens: int,
-    batch_size: int,
-    resamples: int,
-    seed: int,
-) -> dict[str, Any]:
-    """Token-weighted perplexity and bits per byte over documents truncated to ``max_tokens`` tokens.
+def document_scores(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Doc], max_tokens: int, batch_size: int
+) -> dict[str, list]:
+    """Per document truncated to ``max_tokens`` tokens: its NLL (nats), scored tokens and the UTF-8 bytes they cover.
 
-    bpb = total NLL (nats) / ln 2 / UTF-8 bytes of the scored text, which, unlike perplexity, compares models with
-    different tokenizers. The 95% CI resamples whole documents (tokens within a document are not independent).
+    Bits per byte = total NLL / ln 2 / total bytes which, unlike perplexity, compares models with different
+    tokenizers.
     """
     ids, n_bytes = truncate_docs(tokenizer, [d.text for d in docs], max_tokens)
     prefix = prefix_token_id(tokenizer)
     nll = -continuation_logprobs(model, [([prefix, *t], len(t)) for t in ids], batch_size, "perplexity")
-    n_tokens = np.array([len(t) for t in ids], dtype=np.float64)
-    counts = bootstrap_counts(len(docs), resamples, seed)
-    resampled = np.exp((counts @ nll) / (counts @ n_tokens))
-    return {
-        "ppl": float(np.exp(nll.sum() / n_tokens.sum())),
-        "ppl_ci": percentile_ci(resampled),
-        "bpb": float(nll.sum() / np.log(2) / sum(n_bytes)),
-        "n_docs": len(docs),
-        "n_tokens": int(n_tokens.sum()),
-    }
+    return {"doc_id": [d.doc_id for d in docs], "source": [d.source for d in docs], "nll": nll.tolist(),
+            "tokens": [len(t) for t in ids], "bytes": n_bytes}
 
 
 def truncate_docs(
@@ -285,31 +316,25 @@ def truncate_docs(
 # ----------------------------------------------------------------------------------------------- multiple choice
 
 
-def mc_accuracy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    items: list[MCItem],
-    batch_size: int,
-    resamples: int,
-    seed: int,
-    max_tokens: int | None = None,
-) -> dict[str, Any]:
-    """Cloze accuracy: the predicted choice has the highest log-likelihood per character; 95% CI over items."""
-    correct = mc_correct(model, tokenizer, items, batch_size, max_tokens)
-    resampled = bootstrap_counts(len(items), resamples, seed) @ correct / len(items)
-    return {"acc": float(correct.mean()), "acc_ci": percentile_ci(resampled), "n_mc": len(items)}
-
-
-def mc_correct(
+def item_scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: list[MCItem],
     batch_size: int,
     max_tokens: int | None = None,
-) -> np.ndarray:
-    """Whether the model's cloze prediction is right, item by item (for CIs that pool several runs)."""
+) -> dict[str, list]:
+    """Per cloze item: whether the choice with the highest log-likelihood per character is right, and the margin
+    of the gold choice over the best other one (nats per character; positive when right), a continuous signal of
+    how far an item is from flipping."""
     logliks = choice_logliks(model, tokenizer, items, batch_size, max_tokens)
-    return np.array([int(np.argmax(predict_scores(item, ll))) == item.answer for item, ll in zip(items, logliks)])
+    correct, margins = [], []
+    for item, ll in zip(items, logliks):
+        scores = predict_scores(item, ll)
+        others = np.delete(scores, item.answer)
+        correct.append(int(np.argmax(scores)) == item.answer)
+        margins.append(float(scores[item.answer] - others.max()) if len(others) else 0.0)
+    return {"item_id": [i.item_id for i in items], "source": [i.source for i in items],
+            "correct": [int(c) for c in correct], "margin": margins}
 
 
 def predict_scores(item: MCItem, logliks: np.ndarray) -> np.ndarray:
@@ -371,50 +396,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
-
-
-# ---------------------------------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """How often each of ``n`` units appears in each of ``resamples`` bootstrap samples: shape (resamples, n)."""
-    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
-
-
-def percentile_ci(samples: np.ndarray, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval ``[lo, hi]``."""
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(samples, [tail, 100 - tail])
-    return [float(lo), float(hi)]
-
-
-# --------------------------------------------------------------------------------------------------- throughput
-
-
-def tokens_per_second(model: PreTrainedModel, seed: int = 0) -> float:
-    """Forward throughput on a fixed random batch (median of timed runs after one warm-up).
-
-    Only the last position's logits are computed (like generation's prefill), so the figure tracks the pruned body
-    of the model rather than the vocabulary projection, which pruning leaves untouched.
-    """
-    batch, tokens = THROUGHPUT_SHAPE
-    vocab = model.get_input_embeddings().num_embeddings
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(vocab, (batch, tokens), generator=generator).to(model.device)
-    times = [_timed_forward(model, input_ids) for _ in range(THROUGHPUT_RUNS + 1)][1:]
-    return batch * tokens / statistics.median(times)
-
-
-def _timed_forward(model: PreTrainedModel, input_ids: torch.Tensor) -> float:
-    _synchronize(model.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        model(input_ids=input_ids, logits_to_keep=1, use_cache=False)
-    _synchronize(model.device)
-    return time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for queued kernels so that wall-clock timings on an accelerator are real."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

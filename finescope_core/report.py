@@ -1,8 +1,10 @@
-"""Evaluation report: the metrics of several models (base, pruned, recovered, ...) as JSON, a Markdown table and a plot.
+"""Evaluation report: several models (base, pruned, recovered, ...) as JSON, Markdown and a plot, with paired stats.
 
-``results`` maps a model label to :func:`finescope_core.evaluate.evaluate_model`'s output. Parameter counts are also
-shown as a percentage of the reference model: the one labelled "base", else the first. (Label order is not kept by
-``report.json``, whose keys are sorted, so the reference is named rather than positional where possible.)
+``results`` maps a model label to :func:`finescope_core.evaluate.evaluate_model`'s output (per-unit scores
+included). Models scored on the same items and documents are compared paired (``stats``): each model against the
+one labelled "pruned" and the one labelled "base", as a difference with its 95% CI, and the share of the pruning
+loss in bits per byte that it wins back (gap closed). Parameter counts are shown as a percentage of "base" (else
+the first model). The first domain is the target; the others show what specialisation costs off the domain.
 """
 
 from __future__ import annotations
@@ -16,22 +18,33 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from finescope_core import storage
+from finescope_core.stats import gap_closed, paired_bpb_difference, paired_difference
 
 Results = dict[str, dict[str, Any]]
 MISSING = "n/a"
-REFERENCE_LABEL = "base"
+BASE, PRUNED = "base", "pruned"
+MARKERS = "osD^vP*Xhp"
+RESAMPLES, SEED = 1000, 0
 
 
-def write_report(results: Results, out_uri: str, title: str = "FineScope evaluation") -> dict[str, str]:
-    """Write ``report.json``, ``report.md`` and ``report.png`` under ``out_uri``, each atomically; return their URIs."""
+def write_report(results: Results, out_uri: str, title: str = "FineScope evaluation",
+                 speed: dict[str, float] | None = None, details: dict[str, dict] | None = None,
+                 domains: list[str] | None = None) -> dict[str, str]:
+    """Write ``report.json``, ``report.md`` and ``report.png`` under ``out_uri``, each atomically; return their URIs.
+
+    ``speed`` holds each model's tokens/s, timed alternately in one process; ``details`` other stages' figures to
+    show (for example the self-distillation's acceptance per rejection reason); ``domains`` the order of the
+    domains, target first (default: as the results hold them).
+    """
     _check_results(results)
-    uris = {
-        "json": storage.join(out_uri, "report.json"),
-        "markdown": storage.join(out_uri, "report.md"),
-        "png": storage.join(out_uri, "report.png"),
-    }
-    storage.write_json(uris["json"], results)
-    storage.write_text(uris["markdown"], markdown_report(results, title))
+    results = in_order(results, domains) if domains else results
+    uris = {kind: storage.join(out_uri, f"report.{ext}") for kind, ext in
+            (("json", "json"), ("markdown", "md"), ("png", "png"))}
+    paired = comparisons(results)
+    summary = {label: {k: v for k, v in result.items() if k != "units"} for label, result in results.items()}
+    storage.write_json(uris["json"], {"models": summary, "paired": paired, "speed": speed or {},
+                                      "details": details or {}})
+    storage.write_text(uris["markdown"], markdown_report(results, paired, title, speed or {}, details or {}))
     storage.write_bytes(uris["png"], plot_png(results, title))
     return uris
 
@@ -40,9 +53,21 @@ def _check_results(results: Results) -> None:
     if not results:
         raise ValueError("no results to report: give at least one model's evaluate_model output")
     for label, result in results.items():
-        missing = [k for k in ("params", "tokens_per_s", "domains") if k not in result]
+        missing = [k for k in ("params", "domains") if k not in result]
         if missing:
             raise ValueError(f"results[{label!r}] lacks {missing}: pass evaluate_model's output unchanged")
+
+
+def in_order(results: Results, domains: list[str]) -> Results:
+    """The results with each model's domains (and their units) in the order of ``domains``."""
+    def rank(domain: str) -> int:
+        return domains.index(domain) if domain in domains else len(domains)
+
+    out = {}
+    for label, result in results.items():
+        out[label] = {**result, **{key: dict(sorted(result[key].items(), key=lambda item: rank(item[0])))
+                                   for key in ("domains", "units") if key in result}}
+    return out
 
 
 def domains_of(results: Results) -> list[str]:
@@ -53,57 +78,176 @@ def domains_of(results: Results) -> list[str]:
     return list(seen)
 
 
+# ------------------------------------------------------------------------------------------------------- paired
+
+
+def aligned_units(a: dict, b: dict, kind: str, key: str) -> dict[str, tuple[list, list]]:
+    """Per-unit columns of two models restricted to the units both scored, in the same order."""
+    position = {unit: i for i, unit in enumerate(b[kind][key])}
+    rows = [(i, position[unit]) for i, unit in enumerate(a[kind][key]) if unit in position]
+    columns = [c for c in a[kind] if c not in (key, "source")]
+    return {c: ([a[kind][c][i] for i, _ in rows], [b[kind][c][j] for _, j in rows]) for c in columns}
+
+
+def compare(model: dict, other: dict) -> dict[str, list[float]]:
+    """``model`` minus ``other`` on one domain's shared units: bits per byte, accuracy and gold-choice margin."""
+    docs = aligned_units(model, other, "docs", "doc_id")
+    items = aligned_units(model, other, "items", "item_id")
+    out = {}
+    if docs["nll"][0]:
+        out["bpb"] = paired_bpb_difference(*docs["nll"], docs["bytes"][0], RESAMPLES, SEED)
+    if items["correct"][0]:
+        out["acc"] = paired_difference(*items["correct"], RESAMPLES, SEED)
+        out["margin"] = paired_difference(*items["margin"], RESAMPLES, SEED)
+    return out
+
+
+def recovered_share(base: dict, pruned: dict, model: dict) -> list[float] | None:
+    """Gap closed on one domain's documents that all three models scored."""
+    shared = set(base["docs"]["doc_id"]) & set(pruned["docs"]["doc_id"]) & set(model["docs"]["doc_id"])
+    if not shared:
+        return None
+    order = sorted(shared)
+
+    def column(units: dict, name: str) -> list[float]:
+        index = {doc: i for i, doc in enumerate(units["docs"]["doc_id"])}
+        return [units["docs"][name][index[doc]] for doc in order]
+
+    return gap_closed(column(base, "nll"), column(pruned, "nll"), column(model, "nll"), column(base, "bytes"),
+                      RESAMPLES, SEED)
+
+
+def comparisons(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per domain and model: paired differences against "pruned" and "base", and the gap closed."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for domain in domains_of(results):
+        units = {label: r["units"][domain] for label, r in results.items() if domain in r.get("units", {})}
+        table: dict[str, dict[str, Any]] = {}
+        for label, unit in units.items():
+            row = {}
+            for reference in (PRUNED, BASE):
+                if reference in units and reference != label:
+                    row[f"vs_{reference}"] = compare(unit, units[reference])
+            if BASE in units and PRUNED in units and label not in (BASE, PRUNED):
+                row["gap_closed"] = recovered_share(units[BASE], units[PRUNED], unit)
+            table[label] = row
+        out[domain] = table
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------- markdown
 
 
-def markdown_report(results: Results, title: str) -> str:
-    """A short header (models, sizes, sample sizes) followed by :func:`markdown_table`."""
+def _ci(value: list[float] | None, digits: int = 3, signed: bool = False, percent: bool = False) -> str:
+    if not value:
+        return MISSING
+    scale, unit = (100, "%") if percent else (1, "")
+    form = f"{{:{'+' if signed else ''}.{0 if percent else digits}f}}"
+    mean, lo, hi = (form.format(v * scale) + unit for v in value)
+    return f"{mean} [{lo}, {hi}]"
+
+
+def markdown_report(results: Results, paired: dict, title: str, speed: dict[str, float],
+                    details: dict[str, dict]) -> str:
+    """Header, the recovery summary, one table per domain, per-source breakdowns and the other stages' figures."""
     labels = ", ".join(f"`{label}`" for label in results)
-    header = [
-        f"# {title}",
-        "",
-        (
-            f"Models: {labels}. Perplexity and bits per byte are token-weighted over held-out documents; accuracy is "
-            "cloze multiple choice scored by log-likelihood per character of the choice. Brackets hold 95% bootstrap "
-            "confidence intervals; tokens/s is forward throughput on one fixed batch, equal for every model."
-        ),
-        "",
+    lines = [
+        f"# {title}", "",
+        f"Models: {labels}. Bits per byte (bpb, lower is better) and perplexity are token-weighted over held-out "
+        "documents; accuracy is cloze multiple choice scored by log-likelihood per character of the choice, and the "
+        "margin is the gold choice's lead over the best other choice (nats per character). Brackets hold 95% "
+        "bootstrap CIs; differences (Δ) are paired: both models on the same items or documents. Gap closed is "
+        "(bpb pruned - bpb model) / (bpb pruned - bpb base). Tokens/s: forward throughput on one fixed batch, every "
+        "model timed alternately in one process.", "",
     ]
-    return "\n".join(header) + "\n" + markdown_table(results)
+    lines += [*summary_lines(paired), ""]
+    lines.append(markdown_table(results, paired, speed))
+    lines.append(source_tables(results))
+    for stage, figures in details.items():
+        lines += [f"## {stage}", ""] + [f"- {key}: {value}" for key, value in figures.items()] + [""]
+    return "\n".join(lines)
 
 
-def markdown_table(results: Results) -> str:
-    """One Markdown table per domain: model, params (and % of the reference), ppl [CI], bpb, acc [CI], tokens/s."""
-    reference = results.get(REFERENCE_LABEL, next(iter(results.values())))["params"]
+def summary_lines(paired: dict) -> list[str]:
+    """What recovery did on the target domain and what it cost on the others, for each recovered model."""
+    domains = list(paired)
+    if not domains:
+        return []
+    lines = ["## Summary", ""]
+    for label, row in paired[domains[0]].items():
+        if "gap_closed" not in row:
+            continue
+        vs = row.get("vs_pruned", {})
+        lines.append(f"- `{label}` on {domains[0]}: bpb {_ci(vs.get('bpb'), signed=True)} against the pruned model "
+                     f"(gap closed {_ci(row['gap_closed'], percent=True)}); accuracy "
+                     f"{_ci(vs.get('acc'), signed=True)}.")
+        for domain in domains[1:]:
+            off = paired[domain].get(label, {})
+            lines.append(f"- `{label}` off the domain, on {domain}: bpb "
+                         f"{_ci(off.get('vs_pruned', {}).get('bpb'), signed=True)} against the pruned model, "
+                         f"{_ci(off.get('vs_base', {}).get('bpb'), signed=True)} against the base.")
+    return lines if len(lines) > 2 else []
+
+
+def markdown_table(results: Results, paired: dict | None = None, speed: dict[str, float] | None = None) -> str:
+    """One Markdown table per domain: size, bpb, paired Δbpb and gap closed, accuracy, paired Δacc, margin, ppl."""
+    paired, speed = paired or {}, speed or {}
+    reference = results.get(BASE, next(iter(results.values())))["params"]
     sections = []
     for domain in domains_of(results):
         rows = [
-            "| model | params | ppl [95% CI] | bpb | acc [95% CI] | tokens/s | MC items / docs |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| model | params | bpb [95% CI] | Δbpb vs pruned | gap closed | acc [95% CI] | Δacc vs pruned | margin "
+            "| ppl | tokens/s | items / docs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        rows += [_row(label, result, domain, reference) for label, result in results.items()]
+        for label, result in results.items():
+            rows.append(_row(label, result, domain, reference, paired.get(domain, {}).get(label, {}),
+                             speed.get(label)))
         sections.append(f"## {domain}\n\n" + "\n".join(rows) + "\n")
     return "\n".join(sections)
 
 
-def _row(label: str, result: dict[str, Any], domain: str, reference: int) -> str:
+def _row(label: str, result: dict, domain: str, reference: int, paired: dict, speed: float | None) -> str:
     params = f"{result['params'] / 1e6:.2f}M ({100 * result['params'] / reference:.0f}%)"
-    speed = f"{result['tokens_per_s']:.0f}"
     metrics = result["domains"].get(domain)
+    tokens_per_s = f"{speed:.0f}" if speed else MISSING
     if metrics is None:
-        cells = [label, params, MISSING, MISSING, MISSING, speed, MISSING]
-    else:
-        (ppl_lo, ppl_hi), (acc_lo, acc_hi) = metrics["ppl_ci"], metrics["acc_ci"]
-        cells = [
-            label,
-            params,
-            f"{_num(metrics['ppl'])} [{_num(ppl_lo)}, {_num(ppl_hi)}]",
-            f"{metrics['bpb']:.3f}",
-            f"{metrics['acc']:.3f} [{acc_lo:.3f}, {acc_hi:.3f}]",
-            speed,
-            f"{metrics['n_mc']} / {metrics['n_docs']}",
-        ]
+        return "| " + " | ".join([label, params, *[MISSING] * 8, tokens_per_s, MISSING]) + " |"
+    vs = paired.get("vs_pruned", {})
+    cells = [
+        label, params,
+        _ci([metrics["bpb"], *metrics["bpb_ci"]]),
+        _ci(vs.get("bpb"), signed=True),
+        _ci(paired.get("gap_closed"), percent=True),
+        _ci([metrics["acc"], *metrics["acc_ci"]]),
+        _ci(vs.get("acc"), signed=True),
+        f"{metrics['margin']:+.4f}",
+        _num(metrics["ppl"]),
+        tokens_per_s,
+        f"{metrics['n_mc']} / {metrics['n_docs']}",
+    ]
     return "| " + " | ".join(cells) + " |"
+
+
+def source_tables(results: Results) -> str:
+    """Per domain, each source's accuracy (items) or bits per byte (documents), one column per model."""
+    sections = []
+    for domain in domains_of(results):
+        present = {label: r["domains"][domain]["by_source"] for label, r in results.items()
+                   if domain in r["domains"] and "by_source" in r["domains"][domain]}
+        sources = list(dict.fromkeys(s for by in present.values() for s in by))
+        if not sources:
+            continue
+        rows = ["| source | metric | " + " | ".join(present) + " |", "|---|---|" + "---:|" * len(present)]
+        for source in sources:
+            for metric, count in (("acc", "n_mc"), ("bpb", "n_docs")):
+                cells = [f"{by[source][metric]:.3f}" if metric in by.get(source, {}) else MISSING
+                         for by in present.values()]
+                if any(c != MISSING for c in cells):
+                    n = next(by[source][count] for by in present.values() if count in by.get(source, {}))
+                    rows.append(f"| {source} ({n}) | {metric} | " + " | ".join(cells) + " |")
+        sections.append(f"### {domain}, by source\n\n" + "\n".join(rows) + "\n")
+    return "\n".join(sections)
 
 
 def _num(value: float) -> str:
@@ -114,22 +258,37 @@ def _num(value: float) -> str:
 # --------------------------------------------------------------------------------------------------------- plot
 
 
-def plot_png(results: Results, title: str) -> bytes:
-    """Per domain: accuracy (95% CI) against parameter count, and perplexity bars (95% CI).
+def dodged(params: dict[str, float], spread: float = 0.04) -> dict[str, float]:
+    """x positions (millions of parameters) that keep models of (nearly) equal size apart: each group of sizes
+    within 1% of each other is fanned out by ``spread`` of its size, so no marker hides another."""
+    groups: list[list[str]] = []
+    for label in sorted(params, key=params.get):
+        if groups and params[label] <= params[groups[-1][0]] * 1.01:
+            groups[-1].append(label)
+        else:
+            groups.append([label])
+    out = {}
+    for group in groups:
+        centre = params[group[0]] / 1e6
+        for k, label in enumerate(group):
+            out[label] = centre * (1 + spread * (k - (len(group) - 1) / 2))
+    return out
 
-    Each model keeps one colour in every panel, named in a single legend. Drawn on a bare Agg canvas rather than
-    through pyplot, which keeps global state and is not thread-safe.
-    """
+
+def plot_png(results: Results, title: str) -> bytes:
+    """Per domain: bits per byte and accuracy (95% CIs) against parameter count, one marker shape and colour per
+    model. Drawn on a bare Agg canvas rather than through pyplot, which keeps global state and is not thread-safe."""
     domains = domains_of(results)
-    colours = {label: f"C{i % 10}" for i, label in enumerate(results)}
+    style = {label: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, label in enumerate(results)}
+    x = dodged({label: r["params"] for label, r in results.items()})
     figure = Figure(figsize=(4.5 * len(domains) + 1.5, 8), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, len(domains), squeeze=False)
     for column, domain in enumerate(domains):
-        present = {label: r for label, r in results.items() if domain in r["domains"]}
-        _plot_accuracy(axes[0][column], present, domain, colours)
-        _plot_perplexity(axes[1][column], present, domain, colours)
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=label) for label, c in colours.items()]
+        present = {label: r["domains"][domain] for label, r in results.items() if domain in r["domains"]}
+        _points(axes[0][column], present, x, style, "bpb", f"{domain}: bits per byte (lower is better)")
+        _points(axes[1][column], present, x, style, "acc", f"{domain}: cloze accuracy")
+    handles = [Line2D([], [], color=c, marker=m, linestyle="", label=label) for label, (c, m) in style.items()]
     figure.legend(handles=handles, loc="outside right upper", title="model")
     figure.suptitle(title)
     buffer = io.BytesIO()
@@ -137,54 +296,14 @@ def plot_png(results: Results, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def _plot_accuracy(ax: Axes, results: Results, domain: str, colours: dict[str, str]) -> None:
-    for label, result in results.items():
-        metrics = result["domains"][domain]
-        acc, (lo, hi) = metrics["acc"], metrics["acc_ci"]
-        ax.errorbar([result["params"] / 1e6], [acc], yerr=[[acc - lo], [hi - acc]], fmt="o", capsize=4,
-                    color=colours[label])
-    ax.set_title(f"{domain}: cloze accuracy")
-    ax.set_xlabel("parameters (millions)")
-    ax.set_ylabel("accuracy (95% CI)")
-    ax.set_ylim(0, 1)
-    ax.margins(x=0.2)
+def _points(ax: Axes, metrics: dict[str, dict], x: dict[str, float], style: dict, key: str, title: str) -> None:
+    for label, m in metrics.items():
+        value, (lo, hi) = m[key], m[f"{key}_ci"]
+        colour, marker = style[label]
+        ax.errorbar([x[label]], [value], yerr=[[value - lo], [hi - value]], fmt=marker, capsize=4, color=colour,
+                    markersize=7)
+    ax.set_title(title)
+    ax.set_xlabel("parameters (millions; equal sizes drawn apart)")
+    ax.set_ylabel(f"{key} (95% CI)")
+    ax.margins(x=0.15, y=0.15)
     ax.grid(alpha=0.3)
-
-
-def _plot_perplexity(ax: Axes, results: Results, domain: str, colours: dict[str, str]) -> None:
-    """Bars with CI whiskers; a log scale only when perplexities differ by more than 10x (pruning can explode them)."""
-    labels = list(results)
-    values = [results[label]["domains"][domain]["ppl"] for label in labels]
-    cis = [results[label]["domains"][domain]["ppl_ci"] for label in labels]
-    errors = [[v - lo for v, (lo, _) in zip(values, cis)], [hi - v for v, (_, hi) in zip(values, cis)]]
-    ax.bar(labels, values, yerr=errors, capsize=4, color=[colours[label] for label in labels])
-    log = max(hi for _, hi in cis) > 10 * min(values)
-    if log:
-        ax.set_yscale("log")
-    ax.set_title(f"{domain}: perplexity")
-    ax.set_ylabel("perplexity (95% CI" + (", log scale)" if log else ")"))
-    ax.tick_params(axis="x", labelrotation=20)
-    ax.grid(alpha=0.3, axis="y")
-
-
-def ablation_png(table: dict[str, dict[str, Any]], title: str) -> bytes:
-    """Ablation bars per domain: each variant's accuracy; a [mean, lo, hi] value gets CI whiskers."""
-    domains = list(table)
-    figure = Figure(figsize=(4.5 * len(domains) + 0.5, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    for ax, domain in zip(figure.subplots(1, len(domains), squeeze=False)[0], domains):
-        labels = list(table[domain])
-        values = [table[domain][label] for label in labels]
-        means = [v[0] if isinstance(v, list) else v for v in values]
-        errors = [[m - v[1] if isinstance(v, list) else 0 for m, v in zip(means, values)],
-                  [v[2] - m if isinstance(v, list) else 0 for m, v in zip(means, values)]]
-        ax.bar(labels, means, yerr=errors, capsize=4, color=[f"C{i}" for i in range(len(labels))])
-        ax.set_title(f"{domain}: cloze accuracy")
-        ax.set_ylabel("accuracy (95% CI)")
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", labelrotation=20)
-        ax.grid(alpha=0.3, axis="y")
-    figure.suptitle(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()

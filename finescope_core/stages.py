@@ -21,11 +21,12 @@ from finescope_core.config import (
     EvalConfig,
     ModelConfig,
     PruneConfig,
+    RecoverConfig,
     SAEConfig,
     SelectConfig,
 )
 from finescope_core.corpus import build_demo_corpus, corpus_fingerprint
-from finescope_core.models import ARTIFACT_CACHE, DEFAULT_CACHE, resolve
+from finescope_core.models import ARTIFACT_CACHE, resolve
 from finescope_core.stage import run_stage, source_fingerprint
 
 Ref = dict
@@ -304,54 +305,44 @@ def model_folder(ref: Ref) -> Path:
     return storage.fetch_directory(ref["model_uri"], ARTIFACT_CACHE)
 
 
-def as_original(row: dict, reason: str) -> dict:
-    """A fine-tuning example that keeps its original text."""
-    return {**row, "original": row["response"], "rewrite": None, "kept": "original", "reject_reason": reason}
-
-
-def finetune_examples(curated_ref: Ref, max_examples: int | None) -> list[dict]:
-    """The best-ranked curated documents (all of them for None) as fine-tuning rows."""
-    table = storage.read_parquet(storage.join(curated_ref["uri"], "curated.parquet"))
-    rows = table.select(["doc_id", "text", "prompt", "response"]).to_pylist()
-    return rows[:max_examples]
-
-
 def distilled(root: str, teacher: Ref, curated_ref: Ref, cfg: DistillConfig, device: str) -> Ref:
-    """Fine-tuning targets: curated examples, with answers rewritten by the unpruned teacher when enabled."""
-    from finescope_core.distill import self_distill
+    """The curated documents, in their order, each answer rewritten by the unpruned teacher where the rewrite passes
+    the filters (SDFT); documents without a prompt/response split, and rejected rewrites, keep their own text. Only
+    the answers differ from the curated set, so training on either compares the targets and nothing else."""
+    from finescope_core.distill import distill_documents
 
     def work(out: str) -> dict:
-        rows = finetune_examples(curated_ref, cfg.max_examples)
-        pairs = [r for r in rows if r["prompt"] and r["response"]]
-        plain = [as_original(r, "no_prompt_response") for r in rows if not (r["prompt"] and r["response"])]
-        distill = cfg.self_distill and pairs
-        pairs = self_distill(teacher["uri"], pairs, cfg, device) if distill else [
-            as_original(r, "self_distill_off") for r in pairs]
-        storage.write_parquet(pa.Table.from_pylist(pairs + plain), storage.join(out, "distilled.parquet"))
-        accepted = sum(r["kept"] == "rewrite" for r in pairs)
-        return {"n_examples": len(pairs) + len(plain), "rewritten": len(pairs) if distill else 0,
-                "accepted": accepted, "acceptance_rate": accepted / len(pairs) if distill else None}
+        rows = storage.read_parquet(storage.join(curated_ref["uri"], "curated.parquet")).to_pylist()
+        table, info = distill_documents(model_folder(teacher), rows, cfg, device)
+        storage.write_parquet(pa.Table.from_pylist(table), storage.join(out, "distilled.parquet"))
+        return info
 
-    return run_stage(root, "distilled", {"teacher": teacher, "curated": curated_ref},
-                     cfg.model_dump(include={"self_distill", "max_examples", "max_new_tokens"}), work)
+    return run_stage(root, "distilled", {"teacher": teacher, "curated": curated_ref}, cfg, work)
 
 
-def recovered(root: str, pruned_ref: Ref, distilled_ref: Ref, cfg: DistillConfig, device: str) -> Ref:
-    """The pruned model fine-tuned on the distilled data, saved as a plain transformers folder."""
-    from finescope_core.finetune import finetune
+def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: str, cfg: RecoverConfig,
+              device: str) -> Ref:
+    """The pruned model trained toward the unpruned teacher on the ``text`` column of ``texts``/``filename``
+    (curated or distilled documents), saved as a plain transformers folder. Checkpoints live beside it under
+    ``checkpoint/`` until it is done, so a retry on another worker resumes from object storage too."""
+    from finescope_core.recover import recover
+
+    distils = cfg.lm_weight < 1
 
     def work(out: str) -> dict:
-        examples = storage.read_parquet(storage.join(distilled_ref["uri"], "distilled.parquet")).to_pylist()
-        checkpoints = DEFAULT_CACHE / "checkpoints" / storage.fingerprint(out)
+        documents = storage.read_parquet(storage.join(texts["uri"], filename), ["text"])["text"].to_pylist()
         with storage.staged_directory(storage.join(out, "model")) as scratch:
-            return finetune(model_folder(pruned_ref), examples, scratch, cfg, checkpoints, device)
+            return recover(model_folder(pruned_ref), model_folder(teacher) if distils else None, documents,
+                           scratch, cfg, storage.join(out, "checkpoint"), device)
 
-    return with_model(run_stage(root, "recovered", {"pruned": pruned_ref, "distilled": distilled_ref}, cfg, work))
+    inputs = {"pruned": pruned_ref, "texts": texts, "file": filename, **({"teacher": teacher} if distils else {})}
+    return with_model(run_stage(root, "recovered", inputs, cfg, work))
 
 
 def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: EvalConfig,
                model_cfg: ModelConfig) -> Ref:
-    """Domain perplexity and cloze accuracy (with CIs), parameter count and speed of one model."""
+    """Bits per byte, perplexity and cloze accuracy (with CIs) and parameter count of one model; the per-item and
+    per-document scores stay in ``metrics.json`` (see :func:`eval_results`), the summary in the reference."""
     from finescope_core.evaluate import evaluate_model
 
     folder = model_folder(model)
@@ -359,20 +350,56 @@ def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: Ev
     def work(out: str) -> dict:
         result = evaluate_model(folder, eval_uri, domains, cfg, model_cfg.device, model_cfg.dtype)
         storage.write_json(storage.join(out, "metrics.json"), result)
-        return result
+        return {key: value for key, value in result.items() if key != "units"}
 
     inputs = {"model": model, "eval": eval_uri}
     return run_stage(root, "eval", inputs, {"cfg": cfg.model_dump(), "domains": domains}, work)
 
 
-def report(root: str, results: dict[str, Ref], title: str) -> Ref:
-    """The evaluation report (JSON, Markdown, PNG) comparing every evaluated model."""
+def eval_results(ref: Ref) -> dict:
+    """An eval stage's whole output, per-unit scores included."""
+    return storage.read_json(storage.join(ref["uri"], "metrics.json"))
+
+
+def speed(root: str, models: dict[str, Ref], model_cfg: ModelConfig) -> Ref:
+    """Forward tokens/s of every model, timed alternately in one process (``speed.alternating_throughput``)."""
+    from finescope_core.speed import alternating_throughput
+
+    def work(out: str) -> dict:
+        figures = alternating_throughput({label: model_folder(ref) for label, ref in models.items()},
+                                         model_cfg.device, model_cfg.dtype)
+        storage.write_json(storage.join(out, "speed.json"), figures)
+        return figures
+
+    return run_stage(root, "speed", models, {"device": model_cfg.device, "dtype": model_cfg.dtype}, work)
+
+
+def report(root: str, results: dict[str, Ref], title: str, speed_ref: Ref | None = None,
+           details: dict[str, dict] | None = None, domains: list[str] | None = None) -> Ref:
+    """The evaluation report (JSON, Markdown, PNG) comparing every evaluated model, paired; ``domains`` in the
+    report's order, the target first."""
     from finescope_core.report import write_report
 
     def work(out: str) -> dict:
-        return write_report({label: ref["info"] for label, ref in results.items()}, out, title)
+        full = {label: eval_results(ref) for label, ref in results.items()}
+        return write_report(full, out, title, speed_ref["info"] if speed_ref else None, details, domains)
 
-    return run_stage(root, "report", results, {"title": title, "labels": list(results)}, work)
+    inputs = {**results, **({"speed": speed_ref} if speed_ref else {})}
+    settings = {"title": title, "labels": list(results), "details": details, "domains": domains}
+    return run_stage(root, "report", inputs, settings, work)
+
+
+def sweep_report(root: str, results: dict[str, Ref], ratios: dict[str, float], domain: str, metric: str,
+                 keep: float) -> Ref:
+    """The size/quality sweep's table and Pareto plot, and the smallest model that keeps ``keep`` of the base."""
+    from finescope_core.sweep import write_sweep_report
+
+    def work(out: str) -> dict:
+        summaries = {label: ref["info"] for label, ref in results.items()}
+        return write_sweep_report(summaries, ratios, domain, metric, keep, out)
+
+    settings = {"ratios": ratios, "domain": domain, "metric": metric, "keep": keep}
+    return run_stage(root, "sweep", results, settings, work)
 
 
 def write_manifest(root: str, refs: dict[str, Ref | list[Ref]]) -> str:

@@ -86,6 +86,21 @@ def prune(args: argparse.Namespace) -> None:
     print(f"Pruned: {ref['model_uri']} ({info['params_before']:,} -> {info['params_after']:,} parameters)")
 
 
+def sweep(args: argparse.Namespace) -> None:
+    from finescope_core.config import load_config
+    from finescope_core.preflight import check_run
+
+    given = {"sweep.ratios": args.ratios, "sweep.keep": args.keep, "sweep.metric": args.metric}
+    config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | _overrides(args.set))
+    check_run(config)
+    _prepare_environment(config.output)
+    from flows.sweep import sweep as sweep_flow
+
+    info = sweep_flow(config)
+    print(f"Sweep: {info['markdown']}")
+    print(f"Chosen: {info['chosen'] or 'none (no model keeps enough; lower --keep or the ratios)'}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="finescope", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
@@ -93,6 +108,14 @@ def parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
     run_cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     run_cmd.set_defaults(handler=run)
+    swp = commands.add_parser("sweep", help="prune and recover at several ratios; pick the smallest model that keeps "
+                              "enough of the base's domain score")
+    swp.add_argument("config", help="YAML run config, e.g. configs/demo.yaml")
+    swp.add_argument("--ratios", type=float, nargs="+", help="pruning ratios (default: the config's sweep.ratios)")
+    swp.add_argument("--keep", type=float, help="share of the base's domain score to keep (default: sweep.keep)")
+    swp.add_argument("--metric", choices=["bpb", "acc"], help="domain score the choice uses (default: sweep.metric)")
+    swp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    swp.set_defaults(handler=sweep)
     cur = _flow_command(commands, "curate", "select domain documents from a pool (SAE-guided)", curate)
     cur.add_argument("--pool", help="URI of the pool's Parquet shards (default: the demo corpus)")
     cur.add_argument("--seeds", help="JSONL seed examples")

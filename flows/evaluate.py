@@ -5,16 +5,18 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
-from tasks.stages import build_corpus, evaluate_model, publish_report, resolve_model
+from tasks.stages import build_corpus, evaluate_model, publish_report, resolve_model, time_models
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(config: RunConfig, model: str | None = None) -> dict:
-    """Perplexity and cloze accuracy (with CIs), size and speed of ``model`` (a registry name, local folder or hub
-    id; default: ``config.model.name``) on ``config.eval_domains``; returns the report's files."""
+    """Bits per byte, perplexity and cloze accuracy (with CIs), size and speed of ``model`` (a registry name, local
+    folder or hub id; default: ``config.model.name``) on ``config.eval_domains``; returns the report's files."""
     model_cfg = config.model.model_copy(update={"name": model}) if model else config.model
     corpus = build_corpus(config.output, config.data)
-    result = evaluate_model(config.output, resolve_model(model_cfg), corpus["eval"], config.eval_domains,
-                            config.eval, model_cfg)
-    report = publish_report(config.output, {model_cfg.name: result}, f"FineScope evaluation: {model_cfg.name}")
+    model_ref = resolve_model(model_cfg)
+    result = evaluate_model(config.output, model_ref, corpus["eval"], config.eval_domains, config.eval, model_cfg)
+    speed = time_models(config.output, {model_cfg.name: model_ref}, model_cfg)
+    report = publish_report(config.output, {model_cfg.name: result}, f"FineScope evaluation: {model_cfg.name}", speed,
+                            domains=config.eval_domains)
     return report["info"]

@@ -1,4 +1,4 @@
-"""The whole FineScope pipeline: curate -> prune -> distill -> fine-tune -> evaluate, as in the paper's figure."""
+"""The whole FineScope pipeline: curate -> prune -> (self-distil) -> recover -> evaluate, as in the paper's figure."""
 
 from __future__ import annotations
 
@@ -7,24 +7,64 @@ from prefect import flow
 from finescope_core.config import RunConfig
 from flows.curate import curate
 from flows.prune import calibration_of
-from tasks.stages import distill_targets, evaluate_model, prune_model, publish_report, recover_model, write_manifest
+from tasks.stages import (
+    distill_targets,
+    evaluate_model,
+    prune_model,
+    publish_report,
+    recover_model,
+    time_models,
+    write_manifest,
+)
+
+
+def recovery_text(config: RunConfig, refs: dict) -> tuple[dict, str, dict | None]:
+    """What recovery trains on: the curated documents, or their self-distilled rewrites (and that stage's ref)."""
+    if config.recover.targets == "curated":
+        return refs["curated"], "curated.parquet", None
+    distilled = distill_targets(config.output, refs["model"], refs["curated"], config.distill, config.model.device)
+    return distilled, "distilled.parquet", distilled
+
+
+def stage_details(recovered: dict, distilled: dict | None) -> dict[str, dict]:
+    """The figures of recovery (and self-distillation) that the report shows beside the metrics."""
+    details = {"recovery": {k: recovered["info"][k] for k in ("loss", "steps", "supervised_tokens", "epochs",
+                                                                "first_loss", "last_loss")}}
+    if distilled is not None:
+        details["self-distillation"] = {k: distilled["info"][k] for k in ("rewritten", "accepted",
+                                                                            "acceptance_rate", "rejected")}
+    return details
 
 
 @flow(name="finescope", log_prints=True)
 def finescope(config: RunConfig) -> dict:
-    """Build a compact model for ``config.domain``; returns the report's files and the run manifest."""
+    """Build a compact model for ``config.domain``; returns the report's files and the run manifest.
+
+    Each model's evaluation is submitted as soon as the model exists, so it runs (in a thread of the flow's
+    process) while the next model is made: the base model is scored during pruning, the pruned one during recovery.
+    """
     root, device = config.output, config.model.device
     refs = curate(config)
+    eval_uri = refs["corpus"]["eval"]
+
+    def evaluation(model: dict):
+        return evaluate_model.submit(root, model, eval_uri, config.eval_domains, config.eval, config.model)
+
+    scored = {"base": evaluation(refs["model"])}
     calibration, filename = calibration_of(config, refs)
     pruned = prune_model(root, refs["model"], calibration, filename, config.prune, device)
-    distilled = distill_targets(root, refs["model"], refs["curated"], config.distill, device)
-    recovered = recover_model(root, pruned, distilled, config.distill, device)
+    scored["pruned"] = evaluation(pruned)
+    texts, text_file, distilled = recovery_text(config, refs)
+    recovered = recover_model(root, pruned, refs["model"], texts, text_file, config.recover, device)
+    scored["recovered"] = evaluation(recovered)
+    results = {label: future.result() for label, future in scored.items()}
     models = {"base": refs["model"], "pruned": pruned, "recovered": recovered}
-    results = {label: evaluate_model(root, ref, refs["corpus"]["eval"], config.eval_domains, config.eval, config.model)
-               for label, ref in models.items()}
-    report = publish_report(root, results, f"FineScope: {config.model.name} for {config.domain}")
+    speed = time_models(root, models, config.model)
+    report = publish_report(root, results, f"FineScope: {config.model.name} for {config.domain}", speed,
+                            stage_details(recovered, distilled), config.eval_domains)
     artifacts = {key: refs[key] for key in ("corpus", "pool", "seeds", "acts", "sae", "embeddings", "curated")}
-    artifacts |= {"pruned": pruned, "distilled": distilled, "recovered": recovered, "report": report}
+    artifacts |= {"pruned": pruned, "recovered": recovered, "speed": speed, "report": report}
+    artifacts |= {"distilled": distilled} if distilled is not None else {}
     artifacts |= {f"eval_{label}": ref for label, ref in results.items()}
     manifest = write_manifest(root, artifacts)
     return {"report": report["info"], "manifest": manifest}

@@ -17,6 +17,7 @@ from finescope_core.config import (
     EvalConfig,
     ModelConfig,
     PruneConfig,
+    RecoverConfig,
     SAEConfig,
     SelectConfig,
 )
@@ -123,13 +124,21 @@ def prune_model(root: str, model: Ref, calibration: Ref, filename: str, prune: P
 @stage_task
 def distill_targets(root: str, teacher: Ref, curated: Ref, distill: DistillConfig, device: str) -> Ref:
     ref = stages.distilled(root, teacher, curated, distill, device)
-    get_run_logger().info("self-distillation acceptance rate: %s", ref["info"]["acceptance_rate"])
+    info = ref["info"]
+    get_run_logger().info("self-distillation: %s of %s rewrites accepted; rejected: %s", info["accepted"],
+                          info["rewritten"], info["rejected"])
     return _logged("distilled", ref)
 
 
 @stage_task
-def recover_model(root: str, pruned: Ref, distilled: Ref, distill: DistillConfig, device: str) -> Ref:
-    return _logged("recovered", stages.recovered(root, pruned, distilled, distill, device))
+def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: str, recover: RecoverConfig,
+                  device: str) -> Ref:
+    ref = stages.recovered(root, pruned, teacher, texts, filename, recover, device)
+    info = ref["info"]
+    get_run_logger().info("recovery: %s steps, %s supervised tokens (%s passes), loss %.4f -> %.4f",
+                          info["steps"], info["supervised_tokens"], info["epochs"], info["first_loss"],
+                          info["last_loss"])
+    return _logged("recovered", ref)
 
 
 @stage_task
@@ -138,19 +147,35 @@ def evaluate_model(root: str, model: Ref, eval_uri: str, domains: list[str], eva
     return _logged("eval", stages.evaluation(root, model, eval_uri, domains, evaluation, model_cfg))
 
 
-@task
-def publish_report(root: str, results: dict[str, Ref], title: str) -> Ref:
-    """Write the report and publish it as Prefect artifacts (markdown and a summary table) of the flow run."""
-    from finescope_core.report import markdown_table
+@stage_task
+def time_models(root: str, models: dict[str, Ref], model_cfg: ModelConfig) -> Ref:
+    """Every model's forward throughput, timed alternately in one process."""
+    return _logged("speed", stages.speed(root, models, model_cfg))
 
-    ref = stages.report(root, results, title)
-    metrics = {label: r["info"] for label, r in results.items()}
+
+@task
+def publish_report(root: str, results: dict[str, Ref], title: str, speed: Ref | None = None,
+                   details: dict[str, dict] | None = None, domains: list[str] | None = None) -> Ref:
+    """Write the report and publish it as Prefect artifacts (markdown and a summary table) of the flow run."""
+    ref = stages.report(root, results, title, speed, details, domains)
     create_markdown_artifact(storage.read_bytes(ref["info"]["markdown"]).decode(), key="finescope-report",
                              description=title)
-    rows = [{"model": label, "domain": domain, "params": m["params"], **{k: m["domains"][domain].get(k)
-             for k in ("acc", "ppl")}} for label, m in metrics.items() for domain in m["domains"]]
-    create_table_artifact(rows, key="finescope-metrics", description=markdown_table.__doc__)
+    rows = [{"model": label, "domain": domain, "params": r["info"]["params"],
+             **{k: r["info"]["domains"][domain].get(k) for k in ("bpb", "acc", "margin")}}
+            for label, r in results.items() for domain in r["info"]["domains"]]
+    create_table_artifact(rows, key="finescope-metrics", description="bits per byte, accuracy and margin per model")
     return _logged("report", ref)
+
+
+@task
+def publish_sweep(root: str, results: dict[str, Ref], ratios: dict[str, float], domain: str, metric: str,
+                  keep: float) -> Ref:
+    """Write the sweep's report and publish it as a Prefect markdown artifact."""
+    ref = stages.sweep_report(root, results, ratios, domain, metric, keep)
+    create_markdown_artifact(storage.read_bytes(ref["info"]["markdown"]).decode(), key="finescope-sweep",
+                             description=f"size/quality sweep for {domain}")
+    get_run_logger().info("sweep: chosen model %s", ref["info"]["chosen"])
+    return _logged("sweep", ref)
 
 
 @task

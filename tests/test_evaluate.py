@@ -141,7 +141,12 @@ def test_cloze_accuracy_follows_full_sequence_likelihoods_and_cis_narrow(balance
     small = evaluate_model(tiny, str(balanced_set), ["science"], cfg(mc_items=8, ppl_docs=4))
     large = evaluate_model(tiny, str(balanced_set), ["science"], cfg(mc_items=40, ppl_docs=40, batch_size=16))
     json.dumps(large)
-    assert large["params"] == count_parameters(model) and large["tokens_per_s"] > 0
+    assert large["params"] == count_parameters(model)
+    units = large["units"]["science"]["items"]
+    assert np.mean(units["correct"]) == 0.5 and len(units["item_id"]) == 40
+    assert all((margin > 0) == bool(correct) for margin, correct in zip(units["margin"], units["correct"]))
+    assert large["domains"]["science"]["by_source"]["test"] == {"acc": 0.5, "n_mc": 40, "bpb": pytest.approx(
+        large["domains"]["science"]["bpb"]), "n_docs": 40}
     s, g = small["domains"]["science"], large["domains"]["science"]
     assert (s["n_mc"], g["n_mc"], s["n_docs"], g["n_docs"]) == (8, 40, 4, 40)
     assert s["acc"] == g["acc"] == 0.5
@@ -201,30 +206,64 @@ def test_missing_domain_and_model_without_weights_are_reported(tmp_path, tiny):
         evaluate_model(no_weights, str(tmp_path / "eval"), ["med"], cfg())
 
 
-def test_write_report_writes_json_markdown_and_png(tmp_path, tiny):
-    write_eval_set(tmp_path / "eval", "medicine", make_items(4), make_docs(4))
-    write_eval_set(tmp_path / "eval", "general", make_items(4, seed=5), make_docs(4, seed=5))
-    base = evaluate_model(tiny, str(tmp_path / "eval"), ["medicine", "general"], cfg())
-    pruned = json.loads(json.dumps(base))
-    pruned["params"] = base["params"] // 2
-    del pruned["domains"]["general"]
-    results = {"pruned-0.5": pruned, "base": base}  # the "base" label is the reference wherever it is
+def shifted(result: dict, domain: str, nats: float, flip: int) -> dict:
+    """A copy of an evaluation whose every document costs ``nats`` more and whose first ``flip`` items flip."""
+    out = json.loads(json.dumps(result))
+    docs, items = out["units"][domain]["docs"], out["units"][domain]["items"]
+    docs["nll"] = [v + nats for v in docs["nll"]]
+    items["correct"] = [1 - c if i < flip else c for i, c in enumerate(items["correct"])]
+    return out
 
-    uris = write_report(results, str(tmp_path / "report"), title="Tiny report")
+
+def test_write_report_compares_models_paired(tmp_path, tiny):
+    write_eval_set(tmp_path / "eval", "medicine", make_items(6), make_docs(6))
+    write_eval_set(tmp_path / "eval", "general", make_items(4, seed=5), make_docs(4, seed=5))
+    base = evaluate_model(tiny, str(tmp_path / "eval"), ["medicine", "general"], cfg(mc_items=6, ppl_docs=6))
+    pruned = shifted(base, "medicine", 8.0, 0)
+    pruned["params"] = base["params"] // 2
+    recovered = shifted(base, "medicine", 2.0, 0)
+    del recovered["domains"]["general"], recovered["units"]["general"]
+    results = {"pruned": pruned, "recovered": recovered, "base": base}  # "base" is the reference wherever it is
+
+    uris = write_report(results, str(tmp_path / "report"), title="Tiny report", speed={"base": 100.0},
+                        details={"self-distillation": {"rejected": {"truncated": 2}}})
     assert uris == {k: str(tmp_path / "report" / f"report.{ext}") for k, ext in
                     [("json", "json"), ("markdown", "md"), ("png", "png")]}
-    assert storage.read_json(uris["json"]) == results
+    saved = storage.read_json(uris["json"])
+    assert "units" not in saved["models"]["base"] and saved["speed"] == {"base": 100.0}
+    paired = saved["paired"]["medicine"]
+    docs = base["units"]["medicine"]["docs"]
+    gained = -6.0 * len(docs["nll"]) / sum(docs["bytes"]) / math.log(2)  # 6 nats a document won back
+    difference, lo, hi = paired["recovered"]["vs_pruned"]["bpb"]
+    assert difference == pytest.approx(gained) and lo < difference < hi < 0
+    assert paired["recovered"]["gap_closed"] == pytest.approx([0.75] * 3)
+    assert paired["recovered"]["vs_pruned"]["acc"] == [0.0, 0.0, 0.0]
+    assert "gap_closed" not in paired["pruned"] and "recovered" not in saved["paired"]["general"]
     markdown = storage.read_bytes(uris["markdown"]).decode()
-    assert markdown.startswith("# Tiny report") and markdown_table(results) in markdown
-    for token in ("## medicine", "## general", "| base |", "| pruned-0.5 |", "(50%)", "n/a"):
-        assert token in markdown
-    assert f"{base['domains']['medicine']['acc']:.3f}" in markdown
+    assert markdown.startswith("# Tiny report")
+    assert markdown_table(results, saved["paired"], {"base": 100.0}) in markdown
+    for token in ("## medicine", "## general", "| base |", "| pruned |", "(50%)", "n/a", "75% [75%, 75%]",
+                  "`recovered` on medicine", "### medicine, by source", "- rejected: {'truncated': 2}"):
+        assert token in markdown, token
     png = storage.read_bytes(uris["png"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width > 400 and height > 400
     with pytest.raises(ValueError, match="no results"):
         write_report({}, str(tmp_path / "empty"))
+    stored = json.loads(json.dumps(results, sort_keys=True))  # as the eval stages' metrics.json files hold them
+    text = storage.read_bytes(write_report(stored, str(tmp_path / "ordered"), domains=["medicine", "general"])[
+        "markdown"]).decode()
+    assert text.index("## medicine") < text.index("## general") and "`recovered` on medicine" in text
+
+
+def test_models_of_equal_size_get_markers_apart():
+    from finescope_core.report import dodged
+
+    x = dodged({"base": 134e6, "pruned": 100e6, "recovered": 100e6, "other": 100.5e6})
+    assert x["base"] == 134.0
+    assert len({round(x[k], 3) for k in ("pruned", "recovered", "other")}) == 3
+    assert all(abs(x[k] - 100) > 1 for k in ("pruned", "other"))  # apart by more than a marker's width
 
 
 def test_long_multiple_choice_contexts_lose_their_beginning(tiny_model):

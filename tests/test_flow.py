@@ -25,12 +25,14 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     report_line = next(line for line in first.stdout.splitlines() if line.startswith("Report: "))
     report = Path(report_line.removeprefix("Report: "))
     assert report.is_file() and report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    metrics = json.loads(report.with_suffix(".json").read_text())
-    assert set(metrics) == {"base", "pruned", "recovered"}
+    saved = json.loads(report.with_suffix(".json").read_text())
+    metrics = saved["models"]
+    assert set(metrics) == set(saved["speed"]) == {"base", "pruned", "recovered"}
+    assert saved["paired"]["medicine"]["recovered"]["gap_closed"] is not None
     assert metrics["pruned"]["params"] < metrics["base"]["params"]
 
     manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
-    for name in ("corpus", "acts", "sae", "curated", "pruned", "recovered", "report"):
+    for name in ("corpus", "acts", "sae", "curated", "pruned", "recovered", "speed", "report"):
         assert name in manifest, name
         for rel, digest in list(manifest[name]["files"].items())[:20]:
             assert storage.sha256_uri(storage.join(manifest[name]["uri"], rel)) == digest
@@ -38,6 +40,7 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     assert curated.num_rows == 20 and curated["rank"].to_pylist() == list(range(1, 21))
     assert (Path(manifest["sae"]["uri"]) / "cfg.json").is_file()
     assert (Path(manifest["pruned"]["uri"]) / "model" / "config.json").is_file()
+    assert not (Path(manifest["recovered"]["uri"]) / "checkpoint").exists()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
     second = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
@@ -57,3 +60,19 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     folder = Path(line.removeprefix("Pruned: ").split(" (")[0])
     assert folder.is_relative_to(tmp_path / "alone") and (folder / "config.json").is_file()
     assert json.loads((folder / "pruning.json").read_text())["params_after"] == metrics["pruned"]["params"]
+
+
+def test_sweep_prunes_and_recovers_at_each_ratio_and_picks_the_smallest_that_keeps_enough(repo, tmp_path):
+    out = tmp_path / "run"
+    done = finescope(repo, tmp_path, "sweep", "configs/tiny.yaml", "--ratios", "0.016", "0.008", "--keep", "0.5",
+                     "--set", f"output={out}")
+    sweep_md = Path(next(line for line in done.stdout.splitlines() if line.startswith("Sweep: ")).split(": ", 1)[1])
+    summary = json.loads(sweep_md.with_suffix(".json").read_text())
+    rows = {row["model"]: row for row in summary["rows"]}
+    assert list(rows) == ["base", "pruned 1.6%, recovered", "pruned 0.8%, recovered"]  # base, then by size
+    assert rows["pruned 1.6%, recovered"]["params"] < rows["pruned 0.8%, recovered"]["params"] < rows["base"]["params"]
+    assert rows["base"]["share"] == 1.0
+    kept = [row for row in summary["rows"] if row["share"] >= 0.5]
+    assert summary["chosen"] == min(kept, key=lambda row: row["params"])["model"]
+    assert f"Chosen: {summary['chosen']}" in done.stdout
+    assert sweep_md.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

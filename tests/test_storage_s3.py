@@ -77,3 +77,34 @@ def test_pool_identity_in_s3_comes_from_etags_without_downloads(s3: str, monkeyp
     assert source_fingerprint(storage.join(pool, "shard-0.parquet")) != first[1]
     storage.write_parquet(pa.table({"doc_id": ["b"], "text": ["z"]}), storage.join(pool, "shard-1.parquet"))
     assert source_fingerprint(pool) != first[0]
+
+
+def test_a_recovery_killed_on_one_worker_resumes_on_another_from_its_checkpoint_in_s3(s3, tiny_model, monkeypatch):
+    import finescope_core.recover as recover_module
+    from finescope_core import stages
+    from finescope_core.config import RecoverConfig
+
+    root = storage.join(s3, "recovery-run")
+    texts = [f"Note {i}: the patient's temperature fell after {i} hours of treatment with fluids." for i in range(30)]
+    storage.write_parquet(pa.table({"text": texts}), storage.join(root, "texts", "curated.parquet"))
+    model = {"uri": str(tiny_model), "model_uri": str(tiny_model), "fingerprint": "tiny"}
+    text_ref = {"uri": storage.join(root, "texts"), "fingerprint": "texts"}
+    cfg = RecoverConfig(tokens=32 * 4 * 6, sequence_tokens=32, batch_sequences=4, checkpoints=2)
+    step, calls = recover_module.Distiller.step, {"n": 0}
+
+    def killed_at_step_six(self, windows):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("worker lost")
+        return step(self, windows)
+
+    monkeypatch.setattr(recover_module.Distiller, "step", killed_at_step_six)
+    with pytest.raises(KeyboardInterrupt):
+        stages.recovered(root, model, model, text_ref, "curated.parquet", cfg, "cpu")
+    fs, path = storage.filesystem(root)
+    assert len(fs.glob(f"{path}/recovered/*/checkpoint/state.pt")) == 1  # after step 4 of 6, beside the artifact
+    monkeypatch.setattr(recover_module.Distiller, "step", step)
+    ref = stages.recovered(root, model, model, text_ref, "curated.parquet", cfg, "cpu")  # the retry, anywhere
+    assert ref["info"]["resumed_at"] == 4 and storage.is_complete(ref["uri"])
+    assert storage.exists(storage.join(ref["model_uri"], "config.json"))
+    assert not fs.glob(f"{path}/recovered/*/checkpoint/*")

@@ -1,0 +1,189 @@
+"""Recovery bench: how much of what pruning lost distillation wins back, by training text, at equal tokens.
+
+Usage: .venv/bin/python bench/recovery.py [--domains science code] [--seeds 3] [--tokens N] [--workers 2] [--quick]
+Per domain, from the demo config (with --pool-docs and --budget): the pool is curated with SAE codes (FineScope),
+with MiniLM and at random, at the same budget; the base model is pruned on the SAE-curated text; the curated set is
+self-distilled. Arms, each at --tokens supervised tokens with the library's recipe (``RecoverConfig``):
+- random, minilm, curated: the pruned model distilled from the unpruned one on that selection's text;
+- curated_sdd: the same on the curated documents with answers rewritten by the unpruned model;
+- dense_curated: the unpruned model itself trained on the curated text with the LM loss (the paper's "not pruned"
+  row; distilling a model from itself teaches nothing).
+Every arm runs --seeds seeds (its window order). Evaluation on the domain: --mc-items cloze items and --ppl-docs
+held-out documents (256 tokens each); off the domain: --ppl-docs general documents. Per item and document the seeds
+are averaged; every interval is a 95% bootstrap over items or documents, and each "vs_X" is the arm minus X, paired
+on the same units. Scoring runs in bfloat16 autocast (every model alike). Jobs run in --workers processes of one
+thread each; every stage is cached under --output, so a rerun resumes.
+The recipe's defaults (learning rate, budget) were tuned on medicine, which is not among the default domains.
+Last line: {DOMAIN: {"base": {"bpb", "acc"}, "pruned": {...}, ARM: {"bpb", "acc", "gap_closed", "vs_random_bpb",
+"vs_random_acc", "vs_pruned_acc", "vs_pruned_bpb", "offdomain_bpb"}}, "budget_tokens": N}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import REPO, cached, curated_refs, selection
+
+from finescope_core import stages
+from finescope_core.config import EvalConfig, RecoverConfig, RunConfig, load_config
+from finescope_core.evaluate import document_scores, read_docs
+from finescope_core.models import load_model, load_tokenizer
+from finescope_core.stats import bpb_ci, gap_closed, mean_ci, paired_bpb_difference, paired_difference
+
+ARMS = ("random", "minilm", "curated", "curated_sdd", "dense_curated")
+OFF_DOMAIN = "general"
+RESAMPLES = 2000
+
+
+def prepare(config: RunConfig, domain: str) -> dict:
+    """The domain's selections, pruned model and self-distilled set (each a cached stage)."""
+    model, corpus, refs = curated_refs(config, domain)
+    pruned = stages.pruned(config.output, model, refs["curated"], "curated.parquet", config.prune, "cpu")
+    distilled = stages.distilled(config.output, model, refs["curated"], config.distill, "cpu")
+    texts = {"random": (selection(config, domain, corpus, refs, "random"), "curated.parquet"),
+             "minilm": (selection(config, domain, corpus, refs, "minilm"), "curated.parquet"),
+             "curated": (refs["curated"], "curated.parquet"), "curated_sdd": (distilled, "distilled.parquet"),
+             "dense_curated": (refs["curated"], "curated.parquet")}
+    return {"model": model, "pruned": pruned, "eval": corpus["eval"], "texts": texts,
+            "acceptance": distilled["info"]}
+
+
+def trained(config: RunConfig, prep: dict, arm: str, seed: int, tokens: int) -> dict:
+    """The arm's recovered model (a cached stage)."""
+    cfg = RecoverConfig(tokens=tokens, seed=seed, **({"lm_weight": 1.0} if arm == "dense_curated" else {}))
+    student = prep["model"] if arm == "dense_curated" else prep["pruned"]
+    texts, filename = prep["texts"][arm]
+    return stages.recovered(config.output, student, prep["model"], texts, filename, cfg, "cpu")
+
+
+def scores(config: RunConfig, prep: dict, model: dict, domain: str, evaluation: EvalConfig) -> dict:
+    """Per-unit scores of one model: its domain evaluation and its off-domain documents."""
+    domain_units = stages.eval_results(stages.evaluation(config.output, model, prep["eval"], [domain], evaluation,
+                                                         config.model))["units"][domain]
+
+    def off_domain() -> dict:
+        folder = stages.model_folder(model)
+        docs = read_docs(prep["eval"], OFF_DOMAIN, evaluation.ppl_docs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return document_scores(load_model(folder), load_tokenizer(folder), docs, evaluation.max_tokens,
+                                   evaluation.batch_size)
+
+    path = Path(config.output) / "offdomain" / f"{model['fingerprint']}-{evaluation.ppl_docs}.json"
+    return {"domain": domain_units, "off": cached(path, off_domain)}
+
+
+def job(config: RunConfig, prep: dict, domain: str, arm: str, seed: int, tokens: int,
+        evaluation: EvalConfig) -> tuple[str, str, int, dict]:
+    """One worker's task: train the arm (or take the base or pruned model) and score it."""
+    torch.set_num_threads(1)
+    model = prep[arm] if arm in ("model", "pruned") else trained(config, prep, arm, seed, tokens)
+    return domain, arm, seed, scores(config, prep, model, domain, evaluation)
+
+
+def seed_mean(runs: list[dict], part: str, kind: str, column: str) -> np.ndarray:
+    return np.mean([np.asarray(run[part][kind][column], dtype=np.float64) for run in runs], axis=0)
+
+
+def rounded(values: list[float] | None) -> list[float] | None:
+    return None if values is None else [round(v, 4) for v in values]
+
+
+def domain_row(units: dict[str, list[dict]]) -> dict:
+    """The bench's figures for one domain from every model's per-unit scores (arms averaged over seeds)."""
+    nll = {name: seed_mean(runs, "domain", "docs", "nll") for name, runs in units.items()}
+    correct = {name: seed_mean(runs, "domain", "items", "correct") for name, runs in units.items()}
+    off = {name: seed_mean(runs, "off", "docs", "nll") for name, runs in units.items()}
+    n_bytes = np.asarray(units["model"][0]["domain"]["docs"]["bytes"], dtype=np.float64)
+    off_bytes = np.asarray(units["model"][0]["off"]["docs"]["bytes"], dtype=np.float64)
+    row = {label: {"bpb": round(bpb_ci(nll[name], n_bytes, RESAMPLES, 0)[0], 4),
+                   "acc": round(float(correct[name].mean()), 4),
+                   "offdomain_bpb": round(bpb_ci(off[name], off_bytes, RESAMPLES, 0)[0], 4)}
+           for label, name in (("base", "model"), ("pruned", "pruned"))}
+    for arm in (a for a in ARMS if a in units):
+        row[arm] = {
+            "bpb": rounded(bpb_ci(nll[arm], n_bytes, RESAMPLES, 0)),
+            "acc": rounded(mean_ci(correct[arm], RESAMPLES, 0)),
+            "gap_closed": rounded(gap_closed(nll["model"], nll["pruned"], nll[arm], n_bytes, RESAMPLES, 0)),
+            "vs_pruned_bpb": rounded(paired_bpb_difference(nll[arm], nll["pruned"], n_bytes, RESAMPLES, 0)),
+            "vs_pruned_acc": rounded(paired_difference(correct[arm], correct["pruned"], RESAMPLES, 0)),
+            "offdomain_bpb": rounded(bpb_ci(off[arm], off_bytes, RESAMPLES, 0)),
+            "vs_pruned_offdomain_bpb": rounded(paired_bpb_difference(off[arm], off["pruned"], off_bytes,
+                                                                     RESAMPLES, 0)),
+        }
+        if "random" in units:
+            row[arm]["vs_random_bpb"] = rounded(paired_bpb_difference(nll[arm], nll["random"], n_bytes, RESAMPLES, 0))
+            row[arm]["vs_random_acc"] = rounded(paired_difference(correct[arm], correct["random"], RESAMPLES, 0))
+    return row
+
+
+def print_table(table: dict, notes: dict) -> None:
+    cells = ("bpb", "gap_closed", "vs_random_bpb", "acc", "vs_pruned_acc", "offdomain_bpb")
+    for domain, row in table.items():
+        print(f"\n{domain}: base bpb {row['base']['bpb']:.4f} acc {row['base']['acc']:.3f} (off-domain bpb "
+              f"{row['base']['offdomain_bpb']:.4f}); pruned bpb {row['pruned']['bpb']:.4f} acc "
+              f"{row['pruned']['acc']:.3f} (off-domain {row['pruned']['offdomain_bpb']:.4f}); {notes[domain]}")
+        print(f"{'arm':<15}" + "".join(f"{c:>28}" for c in cells))
+        for arm in (a for a in ARMS if a in row):
+            print(f"{arm:<15}" + "".join(
+                f"{'n/a' if row[arm].get(c) is None else '{:+.4f} [{:+.4f}, {:+.4f}]'.format(*row[arm][c]):>28}"
+                for c in cells))
+        curated = row.get("curated")
+        if curated and "vs_random_bpb" in curated:
+            print(f"goal, {domain}: curated closes {curated['gap_closed'][0]:.1%} of the bpb gap (>= 60%: "
+                  f"{curated['gap_closed'][0] >= 0.6}); beats random on bpb (hi < 0): "
+                  f"{curated['vs_random_bpb'][2] < 0}; accuracy >= pruned: {curated['vs_pruned_acc'][0] >= 0}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--output", default=str(REPO / "runs" / "bench-recovery"))
+    parser.add_argument("--domains", nargs="+", default=["science", "code"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=RecoverConfig().tokens, help="supervised tokens per arm")
+    parser.add_argument("--mc-items", type=int, default=1000)
+    parser.add_argument("--ppl-docs", type=int, default=200)
+    parser.add_argument("--pool-docs", type=int, default=3000, help="pool documents curated from")
+    parser.add_argument("--budget", type=int, default=300, help="documents each selection keeps")
+    parser.add_argument("--workers", type=int, default=2, help="processes, one thread each")
+    parser.add_argument("--quick", action="store_true", help="one domain, one seed, 300 items, 100 documents")
+    args = parser.parse_args()
+    if args.quick:
+        args.domains, args.seeds, args.mc_items, args.ppl_docs = args.domains[:1], 1, 300, 100
+    started = time.monotonic()
+    overrides = {"output": args.output, "data.max_pool_docs": args.pool_docs, "select.budget": args.budget}
+    config = load_config(args.config, overrides)
+    evaluation = config.eval.model_copy(update={"mc_items": args.mc_items, "ppl_docs": args.ppl_docs,
+                                                "max_tokens": 256, "precision": "bfloat16"})
+    torch.set_num_threads(1)
+    curated_refs(config, args.domains[0])  # the stages every domain shares, once, before the workers start
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        preps = dict(zip(args.domains, pool.map(prepare, [config] * len(args.domains), args.domains)))
+        jobs = [(domain, arm, seed) for domain in args.domains for arm in ("model", "pruned")
+                for seed in (0,)]
+        jobs += [(domain, arm, seed) for seed in range(args.seeds) for domain in args.domains for arm in args.arms]
+        done = pool.map(job, *zip(*[(config, preps[d], d, a, s, args.tokens, evaluation) for d, a, s in jobs]))
+        units: dict[str, dict[str, list[dict]]] = {d: {} for d in args.domains}
+        for domain, arm, _, result in done:
+            units[domain].setdefault(arm, []).append(result)
+    table = {domain: domain_row(units[domain]) for domain in args.domains}
+    notes = {d: f"self-distillation acceptance {preps[d]['acceptance']['acceptance_rate']}, rejected "
+                f"{preps[d]['acceptance']['rejected']}" for d in args.domains}
+    print(f"recovery at {args.tokens} supervised tokens per arm, {args.seeds} seed(s); {args.mc_items} items and "
+          f"{args.ppl_docs} documents per domain; pool {args.pool_docs}, budget {args.budget}; "
+          f"{time.monotonic() - started:.0f} s")
+    print_table(table, notes)
+    print(json.dumps({**table, "budget_tokens": args.tokens}))
+
+
+if __name__ == "__main__":
+    main()

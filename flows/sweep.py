@@ -1,0 +1,38 @@
+"""The size/quality sweep: prune at several ratios, recover each model, and pick the smallest that keeps enough."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from finescope_core.config import RunConfig
+from flows.curate import curate
+from flows.finescope import recovery_text
+from flows.prune import calibration_of
+from tasks.stages import evaluate_model, prune_model, publish_sweep, recover_model
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(config: RunConfig) -> dict:
+    """Curate once; for each of ``config.sweep.ratios`` prune the base model and recover it with ``config.recover``;
+    evaluate every model; report parameters against domain bits per byte and accuracy (table and Pareto plot) and
+    the smallest model that keeps ``config.sweep.keep`` of the base's ``config.sweep.metric``. Each model's
+    evaluation runs while the next one is pruned and recovered."""
+    root, device = config.output, config.model.device
+    refs = curate(config)
+    calibration, filename = calibration_of(config, refs)
+    texts, text_file, _ = recovery_text(config, refs)
+
+    def evaluation(model: dict):
+        return evaluate_model.submit(root, model, refs["corpus"]["eval"], config.eval_domains, config.eval,
+                                     config.model)
+
+    scored, ratios = {"base": evaluation(refs["model"])}, {}
+    for ratio in config.sweep.ratios:
+        pruned = prune_model(root, refs["model"], calibration, filename,
+                             config.prune.model_copy(update={"ratio": ratio}), device)
+        recovered = recover_model(root, pruned, refs["model"], texts, text_file, config.recover, device)
+        label = f"pruned {100 * ratio:g}%, recovered"
+        scored[label], ratios[label] = evaluation(recovered), ratio
+    results = {label: future.result() for label, future in scored.items()}
+    report = publish_sweep(root, results, ratios, config.domain, config.sweep.metric, config.sweep.keep)
+    return report["info"]
