@@ -202,6 +202,10 @@ class Distiller:
         teacher_weight = self.teacher_head.weight if self.teacher is not None else None
         loss = FusedHeadLoss.apply(hidden, self.head.weight, teacher_hidden, teacher_weight, labels,
                                    self.cfg.temperature, self.cfg.lm_weight, self.dtype)
+        return self.update(loss)
+
+    def update(self, loss: torch.Tensor) -> float:
+        """Backward, clip, optimiser and schedule step; the loss as a float."""
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()

@@ -336,7 +336,8 @@ def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: st
                            scratch, cfg, storage.join(out, "checkpoint"), device)
 
     inputs = {"pruned": pruned_ref, "texts": texts, "file": filename, **({"teacher": teacher} if distils else {})}
-    return with_model(run_stage(root, "recovered", inputs, cfg, work))
+    settings = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"checkpoints"})  # the same model either way
+    return with_model(run_stage(root, "recovered", inputs, settings, work))
 
 
 def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: EvalConfig,
