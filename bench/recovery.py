@@ -11,9 +11,9 @@ self-distilled. Arms, each at --tokens supervised tokens with the library's reci
 Every arm runs --seeds seeds (its window order); dense_curated, a reference, --dense-seeds. Evaluation on the
 domain: --mc-items cloze items and --ppl-docs held-out documents (256 tokens each); off the domain: --ppl-docs
 general documents. Per item and document the seeds are averaged; every interval is a 95% bootstrap over items or
-documents, and each "vs_X" is the arm minus X, paired on the same units. Scoring runs in bfloat16 autocast (every
-model alike). Jobs run in --workers processes of one thread each; every stage is cached under --output, so a rerun
-resumes.
+documents, and each "vs_X" is the arm minus X, paired on the same units. Scoring and training run in bfloat16
+autocast where the CPU computes it natively, in float32 elsewhere (every model alike). Jobs run in --workers
+processes of one thread each; every stage is cached under --output, so a rerun resumes.
 The recipe's defaults (learning rate, budget, LM weight) were tuned on medicine, which is not among the default
 domains.
 Last line: {DOMAIN: {"base": {"bpb", "acc"}, "pruned": {...}, ARM: {"bpb", "acc", "gap_closed", "vs_random_bpb",
@@ -36,8 +36,9 @@ from common import REPO, cached, curated_refs, selection
 
 from finescope_core import stages
 from finescope_core.config import EvalConfig, RecoverConfig, RunConfig, load_config
-from finescope_core.evaluate import document_scores, read_docs
+from finescope_core.evaluate import document_scores, read_docs, scoring_precision
 from finescope_core.models import load_model, load_tokenizer
+from finescope_core.precision import resolve_precision
 from finescope_core.stats import bpb_ci, gap_closed, mean_ci, paired_bpb_difference, paired_difference
 
 ARMS = ("random", "minilm", "curated", "curated_sdd", "dense_curated")
@@ -71,14 +72,16 @@ def scores(config: RunConfig, prep: dict, model: dict, domain: str, evaluation: 
     domain_units = stages.eval_results(stages.evaluation(config.output, model, prep["eval"], [domain], evaluation,
                                                          config.model))["units"][domain]
 
+    precision = resolve_precision(evaluation.precision, "cpu")
+
     def off_domain() -> dict:
         folder = stages.model_folder(model)
         docs = read_docs(prep["eval"], OFF_DOMAIN, evaluation.ppl_docs)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return document_scores(load_model(folder), load_tokenizer(folder), docs, evaluation.max_tokens,
-                                   evaluation.batch_size)
+        scored = load_model(folder)
+        with scoring_precision(scored, precision):
+            return document_scores(scored, load_tokenizer(folder), docs, evaluation.max_tokens, evaluation.batch_size)
 
-    path = Path(config.output) / "offdomain" / f"{model['fingerprint']}-{evaluation.ppl_docs}.json"
+    path = Path(config.output) / "offdomain" / f"{model['fingerprint']}-{evaluation.ppl_docs}-{precision}.json"
     return {"domain": domain_units, "off": {"docs": cached(path, off_domain)}}
 
 
@@ -170,7 +173,7 @@ def main() -> None:
     overrides = {"output": args.output, "data.max_pool_docs": args.pool_docs, "select.budget": args.budget}
     config = load_config(args.config, overrides)
     evaluation = config.eval.model_copy(update={"mc_items": args.mc_items, "ppl_docs": args.ppl_docs,
-                                                "max_tokens": 256, "precision": "bfloat16"})
+                                                "max_tokens": 256, "precision": "auto"})
     torch.set_num_threads(1)
     curated_refs(config, args.domains[0])  # the stages every domain shares, once, before the workers start
     context = multiprocessing.get_context("spawn")

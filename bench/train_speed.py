@@ -7,7 +7,9 @@ library's default loss, a mix of KL and LM loss, on windows of the curated text)
   every weight trained (the step as it was first written);
 - bf16: the same under bfloat16 autocast, with a bfloat16 teacher and the vocabulary matrices frozen;
 - fused_fp32, fused_bf16: the library's step (``recover.Distiller``): head and loss fused in chunks, vocabulary
-  matrices frozen; in float32, and in bfloat16 (the default).
+  matrices frozen; in float32, and in bfloat16 (the default where the CPU computes bfloat16 natively).
+The bfloat16 variants run only on a CPU with native bfloat16 (AVX-512 BF16, AMX, Arm BF16); elsewhere torch emulates
+it, tens of times slower, and recover.precision=auto trains in float32.
 Speed: each variant trains its own copy for --steps steps on one thread, the variants taking turns every step so the
 machine's load hits all alike (the first round is a warm-up). Faithfulness: each variant's gradient at the pruned
 weights, on two batches, against fp32's (cosine over the weights all variants train). The fastest variant is timed
@@ -36,13 +38,14 @@ from finescope_core import stages, storage
 from finescope_core.config import RecoverConfig, load_config
 from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.models import load_model, load_tokenizer
+from finescope_core.precision import bfloat16_is_native
 from finescope_core.recover import Distiller, reference_loss, trainable_student, training_windows, window_order
 
 
 class PlainDistiller(Distiller):
     """The unfused step: full student and teacher logits, and KL through plain autograd."""
 
-    def step(self, windows: torch.Tensor) -> float:
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
         inputs, labels = windows[:, :-1], windows[:, 1:].reshape(-1)
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.cfg.precision == "bfloat16"
                     else contextlib.nullcontext())
@@ -50,7 +53,7 @@ class PlainDistiller(Distiller):
             teacher = self.teacher(input_ids=inputs, use_cache=False).logits.flatten(0, 1)
         with autocast:
             student = self.student(input_ids=inputs, use_cache=False).logits.flatten(0, 1)
-        return self.update(reference_loss(student, teacher, labels, self.cfg.temperature, self.cfg.lm_weight))
+        return reference_loss(student, teacher, labels, self.cfg.temperature, self.cfg.lm_weight)
 
 
 VARIANTS = {  # name -> (step, precision, whether the vocabulary matrices train too)
@@ -61,10 +64,7 @@ VARIANTS = {  # name -> (step, precision, whether the vocabulary matrices train 
 
 def gradient(trainer: Distiller, batch: torch.Tensor, names: list[str]) -> torch.Tensor:
     """The trainer's step gradient on ``batch`` over the named weights, without updating them."""
-    update = trainer.update
-    trainer.update = lambda loss: loss.backward()
-    trainer.step(batch)
-    trainer.update = update
+    trainer.loss(batch).backward()
     weights = dict(trainer.student.named_parameters())
     flat = torch.cat([weights[name].grad.flatten() for name in names])
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -123,6 +123,7 @@ def main() -> None:
     windows = training_windows(tokenizer, texts.to_pylist(), cfg.sequence_tokens)
     batches = [windows[torch.arange(i * cfg.batch_sequences, (i + 1) * cfg.batch_sequences) % len(windows)]
                for i in range(steps)]
+    native = bfloat16_is_native("cpu")
     teachers = {precision: load_model(teacher_dir, dtype=precision) for precision in ("float32", "bfloat16")}
 
     def trainer(name: str, steps_planned: int) -> Distiller:
@@ -132,8 +133,9 @@ def main() -> None:
         student.get_input_embeddings().weight.requires_grad_(train_vocabulary)
         return kind(student, teachers[precision], variant, steps_planned, "cpu")
 
-    trainers = {name: trainer(name, steps) for name in VARIANTS}
-    shared = [n for n, p in trainers["bf16"].student.named_parameters() if p.requires_grad]
+    variants = [name for name, (_, precision, _) in VARIANTS.items() if precision == "float32" or native]
+    trainers = {name: trainer(name, steps) for name in variants}
+    shared = [n for n, p in trainers["fused_fp32"].student.named_parameters() if p.requires_grad]
     cosine = {}
     for name, t in trainers.items():
         pairs = [(gradient(t, b, shared), gradient(trainers["fp32"], b, shared)) for b in batches[:2]]
@@ -141,7 +143,7 @@ def main() -> None:
     times = timed_rounds(trainers, batches)
     tokens = cfg.batch_sequences * cfg.sequence_tokens
     tok_s = {name: tokens / statistics.median(runs) for name, runs in times.items()}
-    fastest = max(VARIANTS, key=tok_s.get)
+    fastest = max(variants, key=tok_s.get)
     threads = timed_rounds({"1": trainers[fastest], "2": trainers[fastest]}, batches[: max(3, steps // 2)],
                            {"1": 1, "2": 2})
     thread_tok_s = {n: tokens / statistics.median(runs) for n, runs in threads.items()}
@@ -159,9 +161,11 @@ def main() -> None:
     kept = (bpb["pruned"] - bpb[fastest]) / (bpb["pruned"] - bpb["fp32"])
     best = fastest if kept >= 0.95 else "fp32"
 
-    print(f"{args.domain}: {steps} steps of {tokens} tokens per variant, alternating")
+    print(f"{args.domain}: {steps} steps of {tokens} tokens per variant, alternating"
+          + ("" if native else "; bfloat16 variants skipped: this CPU has no native bfloat16 (emulated, it is tens "
+             "of times slower), so recover.precision=auto trains in float32 here"))
     print(f"{'variant':<12}{'tok/s':>8}{'x fp32':>8}{'grad cosine':>13}")
-    for name in VARIANTS:
+    for name in variants:
         print(f"{name:<12}{tok_s[name]:>8.0f}{tok_s[name] / tok_s['fp32']:>8.2f}{cosine[name]:>13.4f}")
     print(f"fastest: {fastest}; threads 1: {thread_tok_s['1']:.0f} tok/s, 2: {thread_tok_s['2']:.0f} tok/s; the "
           f"teacher's body is {teacher_share:.0%} of its step")

@@ -188,9 +188,10 @@ class RecoverConfig(StageConfig):
     grad_clip: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     sequence_tokens: int = Field(128, ge=8, description="Tokens per training window (documents are packed).")
     batch_sequences: int = Field(8, ge=1, description="Windows per optimiser step.")
-    precision: Literal["bfloat16", "float32"] = Field(
-        "bfloat16", description="Arithmetic of the forward and backward passes: bfloat16 autocast (weights and "
-        "optimiser state stay float32; the teacher runs in bfloat16) or float32 throughout."
+    precision: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Arithmetic of the forward and backward passes: bfloat16 autocast (weights and "
+        "optimiser state stay float32; the teacher runs in bfloat16), float32 throughout, or auto: bfloat16 where "
+        "the device computes it natively (GPUs, CPUs with AVX-512 BF16, AMX or Arm BF16), float32 elsewhere."
     )
     checkpoints: int = Field(
         4, ge=0, description="Checkpoints written during training, evenly spaced, beside the artifact: a killed or "
@@ -210,9 +211,10 @@ class EvalConfig(StageConfig):
     batch_size: int = Field(
         8, ge=1, description="Sequences per forward batch (a multiple-choice item, its choices packed, counts as one)."
     )
-    precision: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Arithmetic of scoring: float32, or bfloat16 autocast (faster on CPUs with bfloat16 "
-        "instructions and on GPUs; every model compared is scored the same way)."
+    precision: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32", description="Arithmetic of scoring: float32, bfloat16 autocast (faster on CPUs with bfloat16 "
+        "instructions and on GPUs, far slower on other CPUs), or auto: bfloat16 where the device computes it "
+        "natively, float32 elsewhere. Every model compared is scored the same way."
     )
     harness_tasks: list[str] = Field(
         default_factory=list, description="lm-evaluation-harness tasks to run as well (needs lm_eval installed and "

@@ -34,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from finescope_core import storage
 from finescope_core.models import ARTIFACT_CACHE, count_parameters, load_model, load_tokenizer
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
+from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
 from finescope_core.stats import bootstrap_counts, bpb_ci, mean_ci, percentile_ci
 
@@ -95,7 +96,7 @@ def evaluate_model(
     tokenizer = load_tokenizer(folder)
     model = _load_model(folder, device, dtype)
     summaries, units = {}, {}
-    with _precision(model, cfg.precision):
+    with scoring_precision(model, cfg.precision):
         for domain, (items, docs) in sets.items():
             doc_units = document_scores(model, tokenizer, docs, cfg.max_tokens, cfg.batch_size)
             item_units = item_scores(model, tokenizer, items, cfg.batch_size, cfg.mc_max_tokens)
@@ -110,9 +111,10 @@ def evaluate_model(
     return result
 
 
-def _precision(model: PreTrainedModel, precision: str):
-    """bfloat16 autocast for scoring (log-probabilities are still taken in float32), or plain arithmetic."""
-    if precision == "float32":
+def scoring_precision(model: PreTrainedModel, precision: str):
+    """bfloat16 autocast for scoring (log-probabilities are still taken in float32), or plain arithmetic; "auto"
+    picks the one the model's device computes natively."""
+    if resolve_precision(precision, str(model.device)) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(model.device.type, dtype=torch.bfloat16)
 

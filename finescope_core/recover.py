@@ -32,6 +32,7 @@ from finescope_core import storage
 from finescope_core.config import RecoverConfig
 from finescope_core.evaluate import prefix_token_id
 from finescope_core.models import load_model, load_tokenizer
+from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -172,8 +173,8 @@ def trainable_student(model, cfg: RecoverConfig):
     return model
 
 
-def _autocast(device: str, cfg: RecoverConfig):
-    if cfg.precision == "float32":
+def _autocast(device: str, precision: str):
+    if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
@@ -185,24 +186,29 @@ class Distiller:
         self.student, self.teacher, self.cfg, self.device = student, teacher, cfg, device
         self.body, self.head = decoder_and_head(student)
         self.teacher_body, self.teacher_head = decoder_and_head(teacher) if teacher is not None else (None, None)
-        self.dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
+        self.precision = resolve_precision(cfg.precision, device)
+        self.dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         warmup = round(cfg.warmup * steps)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, steps))
 
     def step(self, windows: torch.Tensor) -> float:
+        """One optimiser step on ``windows``; the loss as a float."""
+        return self.update(self.loss(windows))
+
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
+        """The recovery loss on ``windows`` (``batch x (sequence_tokens + 1)`` ids), ready for backward."""
         inputs, labels = windows[:, :-1].to(self.device), windows[:, 1:].reshape(-1).to(self.device)
         teacher_hidden = None
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_hidden = self.teacher_body(input_ids=inputs, use_cache=False).last_hidden_state.flatten(0, 1)
-        with _autocast(self.device, self.cfg):
+        with _autocast(self.device, self.precision):
             hidden = self.body(input_ids=inputs, use_cache=False).last_hidden_state.flatten(0, 1)
         teacher_weight = self.teacher_head.weight if self.teacher is not None else None
-        loss = FusedHeadLoss.apply(hidden, self.head.weight, teacher_hidden, teacher_weight, labels,
+        return FusedHeadLoss.apply(hidden, self.head.weight, teacher_hidden, teacher_weight, labels,
                                    self.cfg.temperature, self.cfg.lm_weight, self.dtype)
-        return self.update(loss)
 
     def update(self, loss: torch.Tensor) -> float:
         """Backward, clip, optimiser and schedule step; the loss as a float."""
@@ -254,7 +260,7 @@ def recover(student_dir: str | Path, teacher_dir: str | Path | None, texts: Sequ
     student = trainable_student(load_model(student_dir, device), cfg)
     teacher = None
     if cfg.lm_weight < 1:
-        teacher = load_model(teacher_dir, device, "bfloat16" if cfg.precision == "bfloat16" else "float32")
+        teacher = load_model(teacher_dir, device, resolve_precision(cfg.precision, device))
     distiller = Distiller(student, teacher, cfg, steps, device)
     state_uri = storage.join(checkpoint_uri, STATE_FILE)
     first_step, losses = 0, []
@@ -277,4 +283,5 @@ def recover(student_dir: str | Path, teacher_dir: str | Path | None, texts: Sequ
     return {"steps": steps, "supervised_tokens": steps * cfg.batch_sequences * cfg.sequence_tokens,
             "windows": len(windows), "epochs": round(steps * cfg.batch_sequences / len(windows), 3),
             "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4), "resumed_at": first_step,
-            "loss": "distillation" if cfg.lm_weight == 0 else ("lm" if cfg.lm_weight == 1 else "mixed")}
+            "loss": "distillation" if cfg.lm_weight == 0 else ("lm" if cfg.lm_weight == 1 else "mixed"),
+            "precision": distiller.precision}

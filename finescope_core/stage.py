@@ -25,20 +25,23 @@ STAGE_VERSIONS = {
 }
 
 
-def stage_fingerprint(name: str, inputs: dict[str, Any], config: BaseModel | dict | None) -> str:
-    """The identity of a piece of work: stage, version, config and input fingerprints."""
-    settings = config.model_dump(mode="json", exclude_defaults=True) if isinstance(config, BaseModel) else config
+def stage_fingerprint(name: str, inputs: dict[str, Any], config: BaseModel | dict | None,
+                      ignore: frozenset[str] = frozenset()) -> str:
+    """The identity of a piece of work: stage, version, config (less the fields in ``ignore``: settings that do not
+    change the output) and input fingerprints."""
+    settings = (config.model_dump(mode="json", exclude_defaults=True, exclude=set(ignore))
+                if isinstance(config, BaseModel) else config)
     refs = {key: ref["fingerprint"] if isinstance(ref, dict) else ref for key, ref in sorted(inputs.items())}
     return storage.fingerprint(name, STAGE_VERSIONS[name], settings, refs)
 
 
 def run_stage(root: str, name: str, inputs: dict[str, Any], config: BaseModel | dict | None,
-              work: Callable[[str], dict]) -> dict:
+              work: Callable[[str], dict], ignore: frozenset[str] = frozenset()) -> dict:
     """Run ``work(out_uri)`` unless its output is already complete; returns a reference to the output.
 
     The reference (``uri``, ``fingerprint``, ``info``) is what flows pass between tasks.
     """
-    fingerprint = stage_fingerprint(name, inputs, config)
+    fingerprint = stage_fingerprint(name, inputs, config, ignore)
     uri = storage.join(root, name, fingerprint)
     if storage.is_complete(uri):
         marker = storage.read_marker(uri)

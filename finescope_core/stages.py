@@ -27,6 +27,7 @@ from finescope_core.config import (
 )
 from finescope_core.corpus import build_demo_corpus, corpus_fingerprint
 from finescope_core.models import ARTIFACT_CACHE, resolve
+from finescope_core.precision import resolve_precision
 from finescope_core.stage import run_stage, source_fingerprint
 
 Ref = dict
@@ -168,9 +169,9 @@ def sae(root: str, acts: Ref | list[Ref], cfg: SAEConfig, device: str) -> Ref:
     sensitivity = storage.join(dumps[0]["uri"], "sensitivity.json")
     samples = [storage.join(ref["uri"], "sample") for ref in dumps]
     identity = acts if isinstance(acts, dict) else storage.fingerprint(*[ref["fingerprint"] for ref in dumps])
-    settings = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"refit_drift"})  # a decision, not the SAE
-    return run_stage(root, "sae", {"acts": identity}, settings,
-                     lambda out: fit_sae(samples, layer, out, cfg, device, sensitivity))
+    return run_stage(root, "sae", {"acts": identity}, cfg,
+                     lambda out: fit_sae(samples, layer, out, cfg, device, sensitivity),
+                     ignore=frozenset({"refit_drift"}))  # a decision about refitting, not part of the SAE
 
 
 def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) -> Ref:
@@ -328,6 +329,7 @@ def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: st
     from finescope_core.recover import recover
 
     distils = cfg.lm_weight < 1
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})  # what the work depends on
 
     def work(out: str) -> dict:
         documents = storage.read_parquet(storage.join(texts["uri"], filename), ["text"])["text"].to_pylist()
@@ -336,8 +338,8 @@ def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: st
                            scratch, cfg, storage.join(out, "checkpoint"), device)
 
     inputs = {"pruned": pruned_ref, "texts": texts, "file": filename, **({"teacher": teacher} if distils else {})}
-    settings = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"checkpoints"})  # the same model either way
-    return with_model(run_stage(root, "recovered", inputs, settings, work))
+    return with_model(run_stage(root, "recovered", inputs, cfg, work,
+                                ignore=frozenset({"checkpoints"})))  # the same model either way
 
 
 def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: EvalConfig,
@@ -347,6 +349,7 @@ def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: Ev
     from finescope_core.evaluate import evaluate_model
 
     folder = model_folder(model)
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, model_cfg.device)})
 
     def work(out: str) -> dict:
         result = evaluate_model(folder, eval_uri, domains, cfg, model_cfg.device, model_cfg.dtype)
