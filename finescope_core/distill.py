@@ -113,20 +113,25 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, device: 
 
 def self_distill(teacher_dir: str | Path, examples: Sequence[dict], cfg: DistillConfig,
                  device: str = "cpu") -> list[dict]:
-    """Rewrite each (prompt, response) with the teacher; returns rows with both texts and which one is kept."""
+    """Rewrite each (prompt, response) with the teacher; returns rows, in the examples' order, with both texts and
+    which one is kept. Prompts are generated in batches of similar length, which pads less (greedy decoding gives
+    the same rewrites in any batch)."""
     tokenizer = load_tokenizer(teacher_dir)
     model = load_model(teacher_dir, device)
-    rows = []
-    for start in progress(range(0, len(examples), cfg.generation_batch), "self-distillation"):
-        chunk = examples[start : start + cfg.generation_batch]
-        prompts = [chat_prompt(tokenizer, TEMPLATE.format(prompt=e["prompt"], response=e["response"]), SYSTEM)
-                   for e in chunk]
-        completions = generate(model, tokenizer, prompts, cfg.max_new_tokens, device)
-        for example, (rewrite, truncated) in zip(chunk, completions):
+    prompts = [chat_prompt(tokenizer, TEMPLATE.format(prompt=e["prompt"], response=e["response"]), SYSTEM)
+               for e in examples]
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(examples)), key=lengths.__getitem__)  # batches of similar length: little padding
+    rows: list[dict | None] = [None] * len(examples)
+    for start in progress(range(0, len(order), cfg.generation_batch), "self-distillation"):
+        chunk = order[start : start + cfg.generation_batch]
+        completions = generate(model, tokenizer, [prompts[i] for i in chunk], cfg.max_new_tokens, device)
+        for i, (rewrite, truncated) in zip(chunk, completions):
+            example = examples[i]
             reason = rejection_reason(example["prompt"], example["response"], rewrite, truncated)
-            rows.append({**example, "original": example["response"], "rewrite": rewrite.strip(),
-                         "kept": "original" if reason else "rewrite", "reject_reason": reason or "",
-                         "response": example["response"] if reason else rewrite.strip()})
+            rows[i] = {**example, "original": example["response"], "rewrite": rewrite.strip(),
+                       "kept": "original" if reason else "rewrite", "reject_reason": reason or "",
+                       "response": example["response"] if reason else rewrite.strip()}
     return rows
 
 

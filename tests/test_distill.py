@@ -75,6 +75,28 @@ def test_self_distill_uses_an_accepted_rewrite(tiny_model: Path, monkeypatch):
     assert rows[1]["kept"] == "original" and rows[1]["response"] == "It is 2."
 
 
+def test_rewrites_are_generated_in_batches_of_similar_length_and_returned_in_order(tiny_model: Path, monkeypatch):
+    import re
+
+    import finescope_core.distill as module
+
+    batches = []
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, device):  # answers the question it was shown
+        batches.append([len(p) for p in prompts])
+        asked = [int(re.search(r"Question (\d+)", p).group(1)) for p in prompts]
+        return [(f"The answer is {2 * i}.", False) for i in asked]
+
+    monkeypatch.setattr(module, "generate", fake_generate)
+    examples = [{"prompt": f"Question {i}: what is {i} plus {i}?" + " Think." * (7 - i) * (i % 2),
+                 "response": f"The answer is {2 * i}."} for i in range(8)]
+    rows = self_distill(tiny_model, examples, DistillConfig(generation_batch=3))
+    assert [row["response"] for row in rows] == [f"The answer is {2 * i}." for i in range(8)]
+    assert all(row["kept"] == "rewrite" for row in rows)
+    flat = [n for batch in batches for n in batch]
+    assert flat == sorted(flat) and len(batches) == 3
+
+
 def test_distilled_documents_keep_the_curated_order_and_mix(tiny_model: Path, monkeypatch):
     import finescope_core.distill as module
 
