@@ -16,7 +16,8 @@ autocast where the CPU computes it natively, in float32 elsewhere (every model a
 processes of one thread each; every stage is cached under --output, so a rerun resumes.
 The recipe's defaults (learning rate, budget, LM weight) were tuned on medicine, which is not among the default
 domains.
-Last line: {DOMAIN: {"base": {"bpb", "acc"}, "pruned": {...}, ARM: {"bpb", "acc", "gap_closed", "vs_random_bpb",
+Last line: {DOMAIN: {"base": {"bpb", "acc"}, "pruned": {...}, ARM: {"bpb", "acc", "gap_closed",
+"gap_closed_by_source": {SOURCE: [m, lo, hi]}, "vs_random_bpb",
 "vs_random_acc", "vs_pruned_acc", "vs_pruned_bpb", "vs_pruned_margin", "offdomain_bpb", "vs_pruned_offdomain_bpb"}},
 "budget_tokens": N}.
 """
@@ -109,6 +110,8 @@ def domain_row(units: dict[str, list[dict]]) -> dict:
     off = {name: seed_mean(runs, "off", "docs", "nll") for name, runs in units.items()}
     n_bytes = np.asarray(units["model"][0]["domain"]["docs"]["bytes"], dtype=np.float64)
     off_bytes = np.asarray(units["model"][0]["off"]["docs"]["bytes"], dtype=np.float64)
+    sources = np.asarray(units["model"][0]["domain"]["docs"]["source"])
+    by_source = {source: sources == source for source in dict.fromkeys(sources.tolist())}
     row = {label: {"bpb": round(bpb_ci(nll[name], n_bytes, RESAMPLES, 0)[0], 4),
                    "acc": round(float(correct[name].mean()), 4),
                    "offdomain_bpb": round(bpb_ci(off[name], off_bytes, RESAMPLES, 0)[0], 4)}
@@ -118,6 +121,10 @@ def domain_row(units: dict[str, list[dict]]) -> dict:
             "bpb": rounded(bpb_ci(nll[arm], n_bytes, RESAMPLES, 0)),
             "acc": rounded(mean_ci(correct[arm], RESAMPLES, 0)),
             "gap_closed": rounded(gap_closed(nll["model"], nll["pruned"], nll[arm], n_bytes, RESAMPLES, 0)),
+            "gap_closed_by_source": {
+                source: rounded(gap_closed(nll["model"][rows], nll["pruned"][rows], nll[arm][rows], n_bytes[rows],
+                                           RESAMPLES, 0))
+                for source, rows in by_source.items()},
             "vs_pruned_bpb": rounded(paired_bpb_difference(nll[arm], nll["pruned"], n_bytes, RESAMPLES, 0)),
             "vs_pruned_acc": rounded(paired_difference(correct[arm], correct["pruned"], RESAMPLES, 0)),
             "vs_pruned_margin": rounded(paired_difference(margin[arm], margin["pruned"], RESAMPLES, 0)),
@@ -142,6 +149,10 @@ def print_table(table: dict, notes: dict) -> None:
             print(f"{arm:<15}" + "".join(
                 f"{'n/a' if row[arm].get(c) is None else '{:+.4f} [{:+.4f}, {:+.4f}]'.format(*row[arm][c]):>28}"
                 for c in cells))
+        for arm in (a for a in ARMS if a in row):
+            print(f"{arm:<15}gap closed by held-out source: " + ", ".join(
+                f"{source} {'n/a' if share is None else f'{share[0]:.1%}'}"
+                for source, share in row[arm]["gap_closed_by_source"].items()))
         curated = row.get("curated")
         if curated and "vs_random_bpb" in curated:
             print(f"goal, {domain}: curated closes {curated['gap_closed'][0]:.1%} of the bpb gap (>= 60%: "
