@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from finescope_core import storage
+from finescope_core.precision import bfloat16_is_native
 
 
 def identity(value: Any) -> Any:
@@ -29,10 +30,20 @@ def identity(value: Any) -> Any:
     return value
 
 
+def native_bfloat16(parameters: dict[str, Any]) -> dict[str, bool] | None:
+    """Where a config parameter asks for precision "auto": whether this machine's CPU and GPU compute bfloat16
+    natively, which is what "auto" resolves by (the core's stage ids hold the resolved precision)."""
+    if not any(getattr(value, "precision", None) == "auto" for value in parameters.values()):
+        return None
+    return {"cpu": bfloat16_is_native("cpu"), "cuda": bfloat16_is_native("cuda")}
+
+
 def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Prefect ``cache_key_fn``: task name, task source and parameter identities."""
+    """Prefect ``cache_key_fn``: task name, task source and parameter identities (and, for precision "auto", the
+    machine's bfloat16 support, so a result computed in bfloat16 elsewhere is not served where float32 is due)."""
     source = hashlib.sha256(marshal.dumps(context.task.fn.__code__)).hexdigest()[:16]  # works where no source is
-    return storage.fingerprint(context.task.name, source, identity(parameters))
+    machine = native_bfloat16(parameters)
+    return storage.fingerprint(context.task.name, source, identity(parameters), *([machine] if machine else []))
 
 
 def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:

@@ -65,3 +65,21 @@ def test_the_precision_auto_resolves_to_is_part_of_the_stage_identity(cpu, tiny_
     chosen = [(name, cfg.precision if name == "recovered" else cfg["cfg"]["precision"]) for name, cfg in seen]
     assert chosen == [
         ("recovered", "float32"), ("eval", "float32"), ("recovered", "bfloat16"), ("eval", "bfloat16")]
+
+
+def test_the_task_cache_key_of_an_auto_config_depends_on_the_machine_s_bfloat16(cpu):
+    from types import SimpleNamespace
+
+    from tasks.caching import stage_cache_key
+
+    context = SimpleNamespace(task=SimpleNamespace(name="recover_model", fn=lambda: None))
+
+    def key(cfg: RecoverConfig) -> str:
+        return stage_cache_key(context, {"recover": cfg, "device": "cpu"})
+
+    cpu(X86_WITHOUT)
+    without = key(RecoverConfig()), key(RecoverConfig(precision="float32"))
+    cpu(X86_WITH)
+    with_bfloat16 = key(RecoverConfig()), key(RecoverConfig(precision="float32"))
+    assert without[0] != with_bfloat16[0]
+    assert without[1] == with_bfloat16[1]
