@@ -47,17 +47,19 @@ OFF_DOMAIN = "general"
 RESAMPLES = 2000
 
 
-def prepare(config: RunConfig, domain: str) -> dict:
-    """The domain's selections, pruned model and self-distilled set (each a cached stage)."""
+def prepare(config: RunConfig, domain: str, arms: list[str]) -> dict:
+    """The domain's pruned model and the training text of each arm asked for (each a cached stage)."""
     model, corpus, refs = curated_refs(config, domain)
     pruned = stages.pruned(config.output, model, refs["curated"], "curated.parquet", config.prune, "cpu")
-    distilled = stages.distilled(config.output, model, refs["curated"], config.distill, "cpu")
-    texts = {"random": (selection(config, domain, corpus, refs, "random"), "curated.parquet"),
-             "minilm": (selection(config, domain, corpus, refs, "minilm"), "curated.parquet"),
-             "curated": (refs["curated"], "curated.parquet"), "curated_sdd": (distilled, "distilled.parquet"),
-             "dense_curated": (refs["curated"], "curated.parquet")}
-    return {"model": model, "pruned": pruned, "eval": corpus["eval"], "texts": texts,
-            "acceptance": distilled["info"]}
+    texts = {arm: (selection(config, domain, corpus, refs, arm), "curated.parquet")
+             for arm in ("random", "minilm") if arm in arms}
+    texts |= {arm: (refs["curated"], "curated.parquet") for arm in ("curated", "dense_curated") if arm in arms}
+    prep = {"model": model, "pruned": pruned, "eval": corpus["eval"], "texts": texts}
+    if "curated_sdd" in arms:  # the unpruned model's rewrites: minutes of generation, so only when asked for
+        distilled = stages.distilled(config.output, model, refs["curated"], config.distill, "cpu")
+        texts["curated_sdd"] = (distilled, "distilled.parquet")
+        prep["acceptance"] = distilled["info"]
+    return prep
 
 
 def trained(config: RunConfig, prep: dict, arm: str, seed: int, tokens: int) -> dict:
@@ -143,7 +145,7 @@ def print_table(table: dict, notes: dict) -> None:
     for domain, row in table.items():
         print(f"\n{domain}: base bpb {row['base']['bpb']:.4f} acc {row['base']['acc']:.3f} (off-domain bpb "
               f"{row['base']['offdomain_bpb']:.4f}); pruned bpb {row['pruned']['bpb']:.4f} acc "
-              f"{row['pruned']['acc']:.3f} (off-domain {row['pruned']['offdomain_bpb']:.4f}); {notes[domain]}")
+              f"{row['pruned']['acc']:.3f} (off-domain {row['pruned']['offdomain_bpb']:.4f}){notes[domain]}")
         print(f"{'arm':<15}" + "".join(f"{c:>28}" for c in cells))
         for arm in (a for a in ARMS if a in row):
             print(f"{arm:<15}" + "".join(
@@ -189,7 +191,8 @@ def main() -> None:
     curated_refs(config, args.domains[0])  # the stages every domain shares, once, before the workers start
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        preps = dict(zip(args.domains, pool.map(prepare, [config] * len(args.domains), args.domains)))
+        preps = dict(zip(args.domains, pool.map(prepare, [config] * len(args.domains), args.domains,
+                                                 [args.arms] * len(args.domains))))
         jobs = [(domain, arm, seed) for domain in args.domains for arm in ("model", "pruned")
                 for seed in (0,)]
         jobs += [(domain, arm, seed) for seed in range(args.seeds) for domain in args.domains for arm in args.arms
@@ -199,8 +202,8 @@ def main() -> None:
         for domain, arm, _, result in done:
             units[domain].setdefault(arm, []).append(result)
     table = {domain: domain_row(units[domain]) for domain in args.domains}
-    notes = {d: f"self-distillation acceptance {preps[d]['acceptance']['acceptance_rate']}, rejected "
-                f"{preps[d]['acceptance']['rejected']}" for d in args.domains}
+    notes = {d: f"; self-distillation acceptance {preps[d]['acceptance']['acceptance_rate']}, rejected "
+                f"{preps[d]['acceptance']['rejected']}" if "acceptance" in preps[d] else "" for d in args.domains}
     print(f"recovery at {args.tokens} supervised tokens per arm, {args.seeds} seed(s); {args.mc_items} items and "
           f"{args.ppl_docs} documents per domain; pool {args.pool_docs}, budget {args.budget}; "
           f"{time.monotonic() - started:.0f} s")
