@@ -35,7 +35,7 @@ def selection(config: RunConfig, domain: str, corpus: dict, refs: dict, method: 
     """The domain's documents selected from the pool by ``method`` (sae, minilm, raw_act, random) at the config's
     budget."""
     select = config.select.model_copy(update={"seeds": str(REPO / "seeds" / f"{domain}.jsonl"), "method": method})
-    return stages.curated(config.output, refs["generic"], refs["seeds"], refs["vectors"], corpus["eval"], select)
+    return stages.curated(config.output, refs["generic"], refs["seeds"], refs["vectors"], corpus["eval_sets"], select)
 
 
 def cached(path: Path, compute, *args):

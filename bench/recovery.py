@@ -54,7 +54,7 @@ def prepare(config: RunConfig, domain: str, arms: list[str]) -> dict:
     texts = {arm: (selection(config, domain, corpus, refs, arm), "curated.parquet")
              for arm in ("random", "minilm") if arm in arms}
     texts |= {arm: (refs["curated"], "curated.parquet") for arm in ("curated", "dense_curated") if arm in arms}
-    prep = {"model": model, "pruned": pruned, "eval": corpus["eval"], "texts": texts}
+    prep = {"model": model, "pruned": pruned, "eval": corpus["eval_sets"], "texts": texts}
     if "curated_sdd" in arms:  # the unpruned model's rewrites: minutes of generation, so only when asked for
         distilled = stages.distilled(config.output, model, refs["curated"], config.distill, "cpu")
         texts["curated_sdd"] = (distilled, "distilled.parquet")
@@ -79,7 +79,7 @@ def scores(config: RunConfig, prep: dict, model: dict, domain: str, evaluation: 
 
     def off_domain() -> dict:
         folder = stages.model_folder(model)
-        docs = read_docs(prep["eval"], OFF_DOMAIN, evaluation.ppl_docs)
+        docs = read_docs(prep["eval"]["uri"], OFF_DOMAIN, evaluation.ppl_docs)
         scored = load_model(folder)
         with scoring_precision(scored, precision):
             return document_scores(scored, load_tokenizer(folder), docs, evaluation.max_tokens, evaluation.batch_size)

@@ -35,6 +35,13 @@ def stage_fingerprint(name: str, inputs: dict[str, Any], config: BaseModel | dic
     return storage.fingerprint(name, STAGE_VERSIONS[name], settings, refs)
 
 
+def numerics(device: str, dtype: str = "float32") -> dict[str, str]:
+    """What a stage's numbers depend on besides its inputs and config: the kind of device and the dtype it computes
+    in, each where it is not the default (cpu, float32), so that finished work on the defaults keeps its id."""
+    kind = device.split(":")[0]  # cuda:0 and cuda:1 compute alike
+    return {**({"device": kind} if kind != "cpu" else {}), **({"dtype": dtype} if dtype != "float32" else {})}
+
+
 def run_stage(root: str, name: str, inputs: dict[str, Any], config: BaseModel | dict | None,
               work: Callable[[str], dict], ignore: frozenset[str] = frozenset()) -> dict:
     """Run ``work(out_uri)`` unless its output is already complete; returns a reference to the output.
@@ -46,6 +53,7 @@ def run_stage(root: str, name: str, inputs: dict[str, Any], config: BaseModel | 
     if storage.is_complete(uri):
         marker = storage.read_marker(uri)
         return {"uri": uri, "fingerprint": fingerprint, "info": marker.get("info", {}), "reused": True}
+    storage.remove_abandoned_scratch(uri)
     info = work(uri)
     storage.mark_complete(uri, {"fingerprint": fingerprint, "stage": name, "info": info,
                                 "files": storage.file_hashes(uri)})

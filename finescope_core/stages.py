@@ -28,7 +28,7 @@ from finescope_core.config import (
 from finescope_core.corpus import build_demo_corpus, corpus_fingerprint
 from finescope_core.models import ARTIFACT_CACHE, resolve
 from finescope_core.precision import resolve_precision
-from finescope_core.stage import run_stage, source_fingerprint
+from finescope_core.stage import numerics, run_stage, source_fingerprint
 
 Ref = dict
 
@@ -43,17 +43,30 @@ def model_ref(cfg: ModelConfig) -> Ref:
 
 
 def corpus(root: str, cfg: DataConfig) -> Ref:
-    """The pool and eval sets: the user's (referenced in place) or the demo corpus built under the run root."""
+    """The pool and eval sets: the user's (referenced in place) or the demo corpus built under the run root. Both
+    are identified by content, read each call: a shard added to a pool or an eval set edited in place is new input.
+    ``eval`` is the eval sets' URI (None without any), ``eval_sets`` their reference."""
     if cfg.pool:
         if not storage.listdir(cfg.pool, ".parquet"):
             raise FileNotFoundError(f"data.pool={cfg.pool!r} holds no Parquet shards; give a folder of *.parquet")
-        eval_uri = cfg.eval_sets
-        return {"uri": cfg.pool, "pool": cfg.pool, "eval": eval_uri,
-                "fingerprint": storage.fingerprint(source_fingerprint(cfg.pool),
-                                                   source_fingerprint(eval_uri) if eval_uri else None)}
+        sets = eval_sets(cfg.eval_sets)
+        fingerprint = storage.fingerprint(source_fingerprint(cfg.pool), sets["fingerprint"] if sets else None)
+        return {"uri": cfg.pool, "pool": cfg.pool, "fingerprint": fingerprint, "eval": cfg.eval_sets,
+                "eval_sets": sets}
     identity = {"builder": corpus_fingerprint(cfg.demo)}  # config, builder and source-data versions
     ref = run_stage(root, "corpus", identity, None, lambda out: build_demo_corpus(out, cfg.demo))
-    return {**ref, "pool": storage.join(ref["uri"], "pool"), "eval": cfg.eval_sets or storage.join(ref["uri"], "eval")}
+    sets = eval_sets(cfg.eval_sets or storage.join(ref["uri"], "eval"))
+    return {**ref, "pool": storage.join(ref["uri"], "pool"), "eval": sets["uri"], "eval_sets": sets}
+
+
+def eval_sets(uri: str | None) -> Ref | None:
+    """The eval sets under ``uri`` as a reference identified by their content (None without a URI)."""
+    if not uri:
+        return None
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"data.eval_sets={uri!r} does not exist; give a folder of <domain>/mc.parquet and "
+                                "<domain>/text.parquet files")
+    return {"uri": uri, "fingerprint": source_fingerprint(uri)}
 
 
 def pool(root: str, corpus_ref: Ref, cfg: DataConfig, seed: int = 0) -> Ref:
@@ -156,7 +169,8 @@ def dump(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConf
         return dump_activations(model["uri"], table["doc_id"].to_pylist(), table["text"].to_pylist(), out, cfg,
                                 model_cfg.device, model_cfg.dtype)
 
-    return run_stage(root, "acts", {"model": model, "docs": docs}, cfg, work)
+    return run_stage(root, "acts", {"model": model, "docs": docs, **numerics(model_cfg.device, model_cfg.dtype)},
+                     cfg, work)
 
 
 def sae(root: str, acts: Ref | list[Ref], cfg: SAEConfig, device: str) -> Ref:
@@ -169,7 +183,7 @@ def sae(root: str, acts: Ref | list[Ref], cfg: SAEConfig, device: str) -> Ref:
     sensitivity = storage.join(dumps[0]["uri"], "sensitivity.json")
     samples = [storage.join(ref["uri"], "sample") for ref in dumps]
     identity = acts if isinstance(acts, dict) else storage.fingerprint(*[ref["fingerprint"] for ref in dumps])
-    return run_stage(root, "sae", {"acts": identity}, cfg,
+    return run_stage(root, "sae", {"acts": identity, **numerics(device)}, cfg,
                      lambda out: fit_sae(samples, layer, out, cfg, device, sensitivity),
                      ignore=frozenset({"refit_drift"}))  # a decision about refitting, not part of the SAE
 
@@ -186,7 +200,8 @@ def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) ->
         write_embeddings(ids, matrix, storage.join(out, "embeddings.parquet"))
         return {"n_docs": len(ids), "dim": int(matrix.shape[1])}
 
-    return run_stage(root, "embeddings", {"acts": acts, "sae": sae_ref}, {"pooling": pooling}, work)
+    return run_stage(root, "embeddings", {"acts": acts, "sae": sae_ref, **numerics(device)}, {"pooling": pooling},
+                     work)
 
 
 def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarray:
@@ -231,9 +246,10 @@ def eval_texts(eval_uri: str | None) -> list[str]:
     return texts
 
 
-def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Ref], eval_uri: str | None,
+def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Ref], eval_ref: Ref | None,
             cfg: SelectConfig) -> Ref:
-    """The top ``budget`` pool documents by max cosine to the seeds, deduplicated and decontaminated."""
+    """The top ``budget`` pool documents by max cosine to the seeds, deduplicated and decontaminated against the
+    eval sets of ``eval_ref`` (see :func:`eval_sets`)."""
     from finescope_core.ngrams import NgramIndex
     from finescope_core.select import max_cosine, select_top
 
@@ -243,7 +259,7 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
         docs, seed_vectors = method_vectors(cfg, pool_table, seed_table, vectors_refs)
         scores = (np.random.default_rng(cfg.seed).random(len(docs)) if cfg.method == "random"
                   else max_cosine(docs, seed_vectors))
-        index = NgramIndex(eval_texts(eval_uri)) if cfg.decontaminate else None
+        index = NgramIndex(eval_texts(eval_ref["uri"] if eval_ref else None)) if cfg.decontaminate else None
         chosen = select_top(scores, docs, pool_table["text"].to_pylist(), cfg.budget, cfg.threshold,
                             cfg.near_duplicate_cosine, index)
         table = pool_table.take(chosen.indices)
@@ -255,7 +271,7 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
         return {"n_docs": len(table), "skipped": chosen.skipped, "method": cfg.method, "seeds": seeds_ref["info"],
                 "domains": {d: domains.count(d) for d in sorted(set(filter(None, domains)))}}
 
-    inputs = {"pool": pool_ref, "seeds": seeds_ref, "eval": eval_uri or "", **vectors_refs}
+    inputs = {"pool": pool_ref, "seeds": seeds_ref, "eval": eval_ref or "", **vectors_refs}
     return run_stage(root, "curated", inputs, cfg, work)
 
 
@@ -292,7 +308,7 @@ def pruned(root: str, model: Ref, calibration: Ref, filename: str, cfg: PruneCon
             storage.write_json(str(scratch / "pruning.json"), report)
         return {k: v for k, v in report.items() if k != "layers"}
 
-    inputs = {"model": model, "calibration": calibration, "file": filename}
+    inputs = {"model": model, "calibration": calibration, "file": filename, **numerics(device)}
     return with_model(run_stage(root, "pruned", inputs, cfg, work))
 
 
@@ -318,7 +334,7 @@ def distilled(root: str, teacher: Ref, curated_ref: Ref, cfg: DistillConfig, dev
         storage.write_parquet(pa.Table.from_pylist(table), storage.join(out, "distilled.parquet"))
         return info
 
-    return run_stage(root, "distilled", {"teacher": teacher, "curated": curated_ref}, cfg, work)
+    return run_stage(root, "distilled", {"teacher": teacher, "curated": curated_ref, **numerics(device)}, cfg, work)
 
 
 def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: str, cfg: RecoverConfig,
@@ -337,26 +353,28 @@ def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: st
             return recover(model_folder(pruned_ref), model_folder(teacher) if distils else None, documents,
                            scratch, cfg, storage.join(out, "checkpoint"), device)
 
-    inputs = {"pruned": pruned_ref, "texts": texts, "file": filename, **({"teacher": teacher} if distils else {})}
+    inputs = {"pruned": pruned_ref, "texts": texts, "file": filename, **({"teacher": teacher} if distils else {}),
+              **numerics(device)}
     return with_model(run_stage(root, "recovered", inputs, cfg, work,
                                 ignore=frozenset({"checkpoints"})))  # the same model either way
 
 
-def evaluation(root: str, model: Ref, eval_uri: str, domains: list[str], cfg: EvalConfig,
+def evaluation(root: str, model: Ref, eval_ref: Ref, domains: list[str], cfg: EvalConfig,
                model_cfg: ModelConfig) -> Ref:
-    """Bits per byte, perplexity and cloze accuracy (with CIs) and parameter count of one model; the per-item and
-    per-document scores stay in ``metrics.json`` (see :func:`eval_results`), the summary in the reference."""
+    """Bits per byte, perplexity and cloze accuracy (with CIs) and parameter count of one model on the eval sets of
+    ``eval_ref`` (see :func:`eval_sets`); the per-item and per-document scores stay in ``metrics.json`` (see
+    :func:`eval_results`), the summary in the reference."""
     from finescope_core.evaluate import evaluate_model
 
     folder = model_folder(model)
     cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, model_cfg.device)})
 
     def work(out: str) -> dict:
-        result = evaluate_model(folder, eval_uri, domains, cfg, model_cfg.device, model_cfg.dtype)
+        result = evaluate_model(folder, eval_ref["uri"], domains, cfg, model_cfg.device, model_cfg.dtype)
         storage.write_json(storage.join(out, "metrics.json"), result)
         return {key: value for key, value in result.items() if key != "units"}
 
-    inputs = {"model": model, "eval": eval_uri}
+    inputs = {"model": model, "eval": eval_ref, **numerics(model_cfg.device, model_cfg.dtype)}
     return run_stage(root, "eval", inputs, {"cfg": cfg.model_dump(), "domains": domains}, work)
 
 

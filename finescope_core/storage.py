@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,12 +85,53 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+def scratch_prefix(name: str) -> str:
+    """The name prefix of this process's scratch files and folders for ``name``: hidden, and owned (host and pid),
+    so that a later run can tell an abandoned one (its process is gone) from one still being written."""
+    return f".{name}.{_host()}-{os.getpid()}."
+
+
+def _abandoned(name: str) -> bool:
+    """Whether ``name`` is scratch of a process of this host that no longer runs (killed before it cleaned up)."""
+    if not name.startswith("."):
+        return False
+    owner = re.compile(rf"{re.escape(_host())}-(\d+)")
+    pids = [int(match[1]) for part in name.split(".") if (match := owner.fullmatch(part))]
+    if not pids or pids[0] == os.getpid():
+        return False
+    try:
+        os.kill(pids[0], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_abandoned_scratch(uri: str) -> None:
+    """Delete the scratch files and folders that killed processes left under a local ``uri`` (object storage gets
+    none: there, scratch is a local temporary folder)."""
+    if not is_local(uri) or not local_path(uri).is_dir():
+        return
+    for path in sorted(local_path(uri).rglob(".*"), key=lambda p: len(p.parts)):
+        if not path.exists() or not _abandoned(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write ``data`` so that a reader sees either the old file, the whole new one, or none."""
     if is_local(uri):
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        tmp = target.with_name(f"{scratch_prefix(target.name)}{uuid.uuid4().hex}.tmp")
         try:
             tmp.write_bytes(data)
             os.replace(tmp, target)
@@ -183,15 +226,14 @@ def mark_complete(uri: str, info: dict[str, Any]) -> None:
 
 
 def file_hashes(uri: str, digest: Callable[[str], str] | None = None) -> dict[str, str]:
-    """Content hash (``digest``, sha256 by default) of every file under ``uri`` (recursively) but its own marker,
-    keyed by relative path."""
+    """Content hash (``digest``, sha256 by default) of every file under ``uri`` (recursively) but its own marker and
+    hidden entries (scratch of a write in progress, or of one killed), keyed by relative path."""
     fs, path = filesystem(uri)
     root = path.rstrip("/")
     out = {}
     for file in sorted(fs.find(root)):
         rel = file[len(root) + 1 :]
-        name = rel.rsplit("/", 1)[-1]
-        if name.startswith(".") or rel == COMPLETE_MARKER:
+        if rel == COMPLETE_MARKER or any(part.startswith(".") for part in rel.split("/")):
             continue
         out[rel] = (digest or sha256_uri)(join(uri, rel))
     return out
@@ -207,7 +249,7 @@ def staged_directory(uri: str) -> Iterator[Path]:
     if is_local(uri):
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix(target.name), dir=target.parent))
         scratch.chmod(0o755)
     else:
         scratch = Path(tempfile.mkdtemp(prefix="finescope-stage-"))

@@ -42,7 +42,7 @@ def curate(config: RunConfig) -> dict:
         "pool_emb": embed_documents(root, pool_acts, sae, pooling, device),
         "seed_emb": embed_documents(root, seed_acts, sae, pooling, device),
     }
-    curated = select_documents(root, pool, seeds, vectors, corpus["eval"], config.select)
+    curated = select_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": pool_acts, "sae": sae,
             "embeddings": vectors["pool_emb"], "curated": curated}
 
@@ -65,6 +65,6 @@ def curate_shards(config: RunConfig) -> dict:
     seeds = load_seeds(root, config.select.seeds)
     seed_acts = dump_activations(root, model, seeds, config.dump, config.model)
     vectors = {"pool_emb": pool, "seed_emb": embed_documents(root, seed_acts, sae, pooling, device)}
-    curated = select_documents(root, pool, seeds, vectors, corpus["eval"], config.select)
+    curated = select_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": acts, "sae": sae,
             "embeddings": embeddings, "curated": curated}

@@ -45,10 +45,10 @@ def finescope(config: RunConfig) -> dict:
     """
     root, device = config.output, config.model.device
     refs = curate(config)
-    eval_uri = refs["corpus"]["eval"]
+    eval_sets = refs["corpus"]["eval_sets"]
 
     def evaluation(model: dict):
-        return evaluate_model.submit(root, model, eval_uri, config.eval_domains, config.eval, config.model)
+        return evaluate_model.submit(root, model, eval_sets, config.eval_domains, config.eval, config.model)
 
     scored = {"base": evaluation(refs["model"])}
     calibration, filename = calibration_of(config, refs)

@@ -23,7 +23,7 @@ def sweep(config: RunConfig) -> dict:
     texts, text_file, _ = recovery_text(config, refs)
 
     def evaluation(model: dict):
-        return evaluate_model.submit(root, model, refs["corpus"]["eval"], config.eval_domains, config.eval,
+        return evaluate_model.submit(root, model, refs["corpus"]["eval_sets"], config.eval_domains, config.eval,
                                      config.model)
 
     scored, ratios = {"base": evaluation(refs["model"])}, {}

@@ -40,8 +40,10 @@ def resolve_model(model: ModelConfig) -> Ref:
     return _logged("model", stages.model_ref(model))
 
 
-@stage_task
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
 def build_corpus(root: str, data: DataConfig) -> Ref:
+    """Not cached by Prefect: the pool and eval sets are identified by their content, which the core reads each run
+    (a shard added to the pool, or an eval set edited in place, is new input)."""
     return _logged("corpus", stages.corpus(root, data))
 
 
@@ -100,9 +102,9 @@ def embed_documents(root: str, acts: Ref, sae: Ref, pooling: str, device: str) -
 
 
 @stage_task
-def select_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], eval_uri: str | None,
+def select_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], eval_sets: Ref | None,
                      select: SelectConfig) -> Ref:
-    ref = stages.curated(root, pool, seeds, vectors, eval_uri, select)
+    ref = stages.curated(root, pool, seeds, vectors, eval_sets, select)
     get_run_logger().info("curated %d documents; by domain: %s", ref["info"]["n_docs"], ref["info"]["domains"])
     return _logged("curated", ref)
 
@@ -142,9 +144,9 @@ def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: st
 
 
 @stage_task
-def evaluate_model(root: str, model: Ref, eval_uri: str, domains: list[str], evaluation: EvalConfig,
+def evaluate_model(root: str, model: Ref, eval_sets: Ref, domains: list[str], evaluation: EvalConfig,
                    model_cfg: ModelConfig) -> Ref:
-    return _logged("eval", stages.evaluation(root, model, eval_uri, domains, evaluation, model_cfg))
+    return _logged("eval", stages.evaluation(root, model, eval_sets, domains, evaluation, model_cfg))
 
 
 @stage_task

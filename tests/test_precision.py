@@ -61,7 +61,7 @@ def test_the_precision_auto_resolves_to_is_part_of_the_stage_identity(cpu, tiny_
     for cpuinfo in (X86_WITHOUT, X86_WITH):
         cpu(cpuinfo)
         stages.recovered(str(tmp_path), ref, ref, ref, "curated.parquet", RecoverConfig(), "cpu")
-        stages.evaluation(str(tmp_path), ref, str(tmp_path), ["medicine"], EvalConfig(precision="auto"), ModelConfig())
+        stages.evaluation(str(tmp_path), ref, ref, ["medicine"], EvalConfig(precision="auto"), ModelConfig())
     chosen = [(name, cfg.precision if name == "recovered" else cfg["cfg"]["precision"]) for name, cfg in seen]
     assert chosen == [
         ("recovered", "float32"), ("eval", "float32"), ("recovered", "bfloat16"), ("eval", "bfloat16")]
