@@ -15,8 +15,12 @@ import yaml
 ERRORS = (ValueError, FileNotFoundError, PermissionError, ModuleNotFoundError)
 
 
-def _prepare_environment(output: str) -> None:
-    """Prefect settings that must be set before Prefect is imported: quiet, and results kept with the run."""
+def _before_flow(output: str) -> None:
+    """Set-up before a flow runs: Prefect settings that must be set before Prefect is imported (quiet, results kept
+    with the run), and a watchdog that stops this process's children (Prefect's temporary server) if it is killed."""
+    from flows import reaper
+
+    reaper.start()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "finescope_core")
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, _overrides(args.set))
     check_run(config)
-    _prepare_environment(config.output)
+    _before_flow(config.output)
     from flows.finescope import finescope
 
     result = finescope(config)
@@ -62,7 +66,7 @@ def curate(args: argparse.Namespace) -> None:
 
     config = _flow_config(args, {"data.pool": args.pool, "select.seeds": args.seeds, "select.budget": args.budget})
     check_run(config, needs_eval=False)
-    _prepare_environment(config.output)
+    _before_flow(config.output)
     from flows.curate import curate as curate_flow
 
     refs = curate_flow(config)
@@ -78,7 +82,7 @@ def prune(args: argparse.Namespace) -> None:
 
         calibration_file(args.calibration)
     check_run(config, needs_eval=False, needs_seeds=not args.calibration)
-    _prepare_environment(config.output)
+    _before_flow(config.output)
     from flows.prune import prune as prune_flow
 
     ref = prune_flow(config, args.calibration)
@@ -93,7 +97,7 @@ def sweep(args: argparse.Namespace) -> None:
     given = {"sweep.ratios": args.ratios, "sweep.keep": args.keep, "sweep.metric": args.metric}
     config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | _overrides(args.set))
     check_run(config)
-    _prepare_environment(config.output)
+    _before_flow(config.output)
     from flows.sweep import sweep as sweep_flow
 
     info = sweep_flow(config)
