@@ -272,7 +272,7 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
                 "domains": {d: domains.count(d) for d in sorted(set(filter(None, domains)))}}
 
     inputs = {"pool": pool_ref, "seeds": seeds_ref, "eval": eval_ref or "", **vectors_refs}
-    return run_stage(root, "curated", inputs, cfg, work)
+    return run_stage(root, "curated", inputs, cfg, work, ignore=frozenset({"seeds"}))  # the seeds ref holds them
 
 
 def calibration_file(uri: str) -> tuple[Ref, str]:

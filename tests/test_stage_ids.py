@@ -1,0 +1,207 @@
+"""Every config field is part of the ids of exactly the stages whose output it changes.
+
+The pipeline and sweep flows run with their tasks called directly and every stage's work skipped; each stage's own
+identity (its id with its input artifacts' ids left out) is recorded. Each config field is then changed in turn:
+the stages whose own identity changes must be the ones the table below names. A new field fails this test until
+it is entered in the table, so that no field can be left out of the ids by oversight. (The flows run on the demo
+corpus and on a pool curated whole; a pool curated shard by shard goes through the same stage functions.)
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+import typing
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from prefect import Flow, Task
+from pydantic import BaseModel
+
+import flows.curate
+import flows.finescope
+import flows.prune
+import flows.sweep
+import tasks.stages
+from finescope_core import stages, storage
+from finescope_core.config import RunConfig
+from finescope_core.stage import stage_fingerprint
+
+RUN = "corpus pool seeds acts sae embeddings curated pruned distilled recovered eval speed report sweep".split()
+NUMERICS = {"acts", "sae", "embeddings", "pruned", "distilled", "recovered", "eval", "speed"}  # run on the device
+
+# The stages whose own settings each field is part of (an empty set: a field that changes no stage's output, or
+# one that names an input, whose id the stages then hold).
+AFFECTS: dict[str, set[str]] = {
+    "output": set(), "domain": {"eval", "report", "sweep"},  # the target domain is always evaluated
+    "eval_domains": {"eval", "report"},
+    "model.name": {"model", "report"},  # the report's title names it
+    "model.device": NUMERICS, "model.dtype": {"acts", "eval", "speed"},
+    "data.pool": {"corpus", "eval_sets", "curated", "eval"},  # a pool given without eval sets has none
+    "data.eval_sets": {"eval_sets"}, "data.incremental": set(),
+    "data.max_pool_docs": {"pool"},
+    **{f"data.demo.{name}": {"corpus"} for name in (
+        "domains", "docs_per_domain", "eval_mc_per_domain", "eval_text_per_domain", "max_chars", "shard_docs", "seed")},
+    **{f"dump.{name}": {"acts"} for name in (
+        "layers", "max_tokens", "batch_size", "shard_docs", "dtype", "sae_sample_tokens", "sensitivity_docs",
+        "sensitivity_probes", "seed")},
+    **{f"sae.{name}": {"sae"} for name in (
+        "architecture", "expansion", "k", "l1_coefficient", "lr", "batch_size", "training_tokens",
+        "input_coordinates", "seed")},
+    "sae.refit_drift": set(),  # whether an incremental run refits, not what a fit makes
+    "select.seeds": {"seeds"}, "select.pooling": {"curated"},  # changed to mean, which the embeddings share
+    **{f"select.{name}": {"curated"} for name in (
+        "budget", "threshold", "power", "method", "near_duplicate_cosine", "decontaminate", "seed")},
+    **{f"prune.{name}": {"pruned"} for name in (
+        "ratio", "importance", "reconstruct", "calibration_samples", "calibration_tokens", "prune_heads",
+        "width_multiple", "seed")},
+    "prune.calibration": {"pruned"},
+    **{f"distill.{name}": {"distilled"} for name in ("max_examples", "max_new_tokens", "generation_batch")},
+    "recover.targets": {"recovered", "distilled", "report"},  # to curated: no rewrites made or reported
+    "recover.checkpoints": set(),  # how often to save, not what is trained
+    **{f"recover.{name}": {"recovered"} for name in (
+        "tokens", "lm_weight", "temperature", "method", "lora_rank", "lr", "warmup", "grad_clip", "sequence_tokens",
+        "batch_sequences", "precision", "seed")},
+    **{f"eval.{name}": {"eval"} for name in (
+        "mc_items", "ppl_docs", "max_tokens", "mc_max_tokens", "bootstrap", "batch_size", "precision",
+        "harness_tasks", "harness_limit")},
+    "sweep.ratios": {"pruned", "recovered", "eval", "sweep"}, "sweep.metric": {"sweep"}, "sweep.keep": {"sweep"},
+    "runner.kind": set(), "runner.address": set(), "runner.workers": set(),
+}
+
+
+class Info(dict):
+    """A stage's summary as the flows and tasks read it: every figure 0."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+class Direct:
+    """A Prefect task called as a plain function (``submit`` included)."""
+
+    def __init__(self, task: Task):
+        self.fn = task.fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args, **kwargs):
+        value = self.fn(*args, **kwargs)
+        return types.SimpleNamespace(result=lambda: value)
+
+
+@pytest.fixture
+def recorded(monkeypatch, tmp_path: Path):
+    """Run the flows without Prefect or work; returns a function from config to each stage's own identities."""
+    calls: list[tuple[str, str]] = []
+
+    def run_stage(root, name, inputs, config, work, ignore=frozenset()):
+        fingerprint = stage_fingerprint(name, inputs, config, ignore)
+        settings = {key: value for key, value in inputs.items() if not isinstance(value, dict)}  # dicts: artifacts
+        calls.append((name, stage_fingerprint(name, settings, config, ignore)))
+        uri = Path(root, name, fingerprint)
+        (uri / "eval").mkdir(parents=True, exist_ok=True)  # the demo corpus's eval sets
+        return {"uri": str(uri), "fingerprint": fingerprint, "info": Info(layers=[1])}
+
+    def model_ref(cfg):
+        calls.append(("model", storage.fingerprint(cfg.name)))
+        return {"uri": "m", "model_uri": "m", "fingerprint": storage.fingerprint(cfg.name), "name": cfg.name}
+
+    def corpus(root, cfg):
+        ref = real_corpus(root, cfg)
+        calls.append(("eval_sets", (ref["eval_sets"] or {}).get("fingerprint", "")))
+        if cfg.pool:
+            calls.append(("corpus", ref["fingerprint"]))
+        return ref
+
+    real_corpus = stages.corpus
+    monkeypatch.setattr(stages, "run_stage", run_stage)
+    monkeypatch.setattr(stages, "model_ref", model_ref)
+    monkeypatch.setattr(stages, "corpus", corpus)
+    monkeypatch.setattr(tasks.stages, "get_run_logger", lambda: logging.getLogger("test"))
+    for module in (flows.curate, flows.finescope, flows.prune, flows.sweep):
+        for name, value in vars(module).items():
+            if isinstance(value, Task):
+                monkeypatch.setattr(module, name, Direct(value))
+            elif isinstance(value, Flow):
+                monkeypatch.setattr(module, name, value.fn)
+    monkeypatch.setattr(flows.finescope, "publish_report", stages.report)
+    monkeypatch.setattr(flows.finescope, "write_manifest", lambda root, refs: "")
+    monkeypatch.setattr(flows.sweep, "publish_sweep", stages.sweep_report)
+
+    def identities(config: RunConfig) -> dict[str, list[str]]:
+        calls.clear()
+        flows.finescope.finescope(config)  # the flows, now plain functions
+        flows.sweep.sweep(config)
+        out: dict[str, list[str]] = {}
+        for name, identity in calls:
+            out.setdefault(name, []).append(identity)
+        return out
+
+    return identities
+
+
+def fields(model: BaseModel, prefix: str = "") -> list[str]:
+    out = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        out += fields(value, f"{prefix}{name}.") if isinstance(value, BaseModel) else [f"{prefix}{name}"]
+    return out
+
+
+def changed_value(config: RunConfig, path: str, inputs: dict[str, str]):
+    """A valid value other than the field's current one."""
+    if path in inputs:
+        return inputs[path]
+    *parents, name = path.split(".")
+    owner = config
+    for parent in parents:
+        owner = getattr(owner, parent)
+    value, annotation = getattr(owner, name), type(owner).model_fields[name].annotation
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kind = next(k for k in typing.get_args(annotation) if k is not type(None)) if optional else annotation
+    if typing.get_origin(kind) is typing.Literal:
+        return next(choice for choice in typing.get_args(kind) if choice != value)
+    if kind is bool:
+        return not value
+    if kind is int:
+        return 1 if value is None else value + 1
+    if kind is float:
+        return 0.5 if value is None else value / 2
+    raise AssertionError(f"give {path} a changed value in the test's inputs")
+
+
+def with_field(model: BaseModel, path: list[str], value) -> BaseModel:
+    """``model`` with the field at ``path`` set to ``value`` (validated)."""
+    if len(path) == 1:
+        return type(model).model_validate({**model.model_dump(), path[0]: value})
+    return model.model_copy(update={path[0]: with_field(getattr(model, path[0]), path[1:], value)})
+
+
+def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo: Path, tmp_path: Path):
+    pool, eval_sets = tmp_path / "pool", tmp_path / "eval"
+    storage.write_parquet(pa.Table.from_pylist([{"doc_id": "a", "text": "a note"}]), str(pool / "s.parquet"))
+    storage.write_parquet(pa.Table.from_pylist([{"doc_id": "e", "text": "held out"}]),
+                          str(eval_sets / "medicine" / "text.parquet"))
+    base = RunConfig.model_validate({
+        "output": str(tmp_path / "run"), "data": {"incremental": False},
+        "select": {"seeds": str(repo / "seeds" / "medicine.jsonl")}, "recover": {"targets": "self_distilled"}})
+    inputs = {
+        "output": str(tmp_path / "elsewhere"), "domain": "math", "eval_domains": ["medicine"],
+        "model.name": "tiny-random-llama", "model.device": "cuda", "data.pool": str(pool),
+        "data.eval_sets": str(eval_sets), "data.demo.domains": ["medicine", "general"], "dump.layers": [1],
+        "select.seeds": str(repo / "seeds" / "math.jsonl"), "eval.harness_tasks": ["arc_easy"],
+        "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786"}
+    assert set(fields(base)) == set(AFFECTS), "enter each new config field in AFFECTS"
+
+    before = recorded(base)
+    assert set(before) == {"model", "eval_sets", *RUN}
+    wrong = {}
+    for path in fields(base):
+        after = recorded(with_field(base, path.split("."), changed_value(base, path, inputs)))
+        changed = {name for name in set(before) | set(after) if before.get(name) != after.get(name)}
+        if changed != AFFECTS[path]:
+            wrong[path] = {"changes": sorted(changed), "declared": sorted(AFFECTS[path])}
+    assert not wrong, "\n".join(f"{k}: {v}" for k, v in wrong.items())
