@@ -98,7 +98,9 @@ class SelectConfig(StageConfig):
         "seeds/medicine.jsonl", description="JSONL of seed examples (keys: text; optional prompt, response)."
     )
     budget: int = Field(500, ge=1, description="Documents to keep (top M by score).")
-    threshold: float | None = Field(None, description="Also drop documents whose score is below this cosine.")
+    threshold: float | None = Field(
+        None, ge=-1, le=1, description="Also drop documents whose score is below this cosine."
+    )
     pooling: Literal["mean", "max", "idf"] = Field(
         "idf", description="How token SAE codes pool into a document: mean, max, or mean weighted by each latent's "
         "inverse document frequency over the pool (bench/curation.py: precision@500 0.894 against 0.768 for mean)."
@@ -313,14 +315,25 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML ({where}{getattr(exc, 'problem', None) or exc}); "
+                          "fix it") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must be a mapping of stage names to settings")
+    sections = {name for name, field in RunConfig.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)}
+    raw = {key: {} if value is None and key in sections else value for key, value in raw.items()}  # `data:` alone
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
+        for depth, key in enumerate(parents):
+            if node.get(key) is None:
+                node[key] = {}
+            if not isinstance(node[key], dict):
+                raise ConfigError(f"--set {dotted}: {'.'.join(parents[: depth + 1])} is a setting, not a section; "
+                                  f"set it directly (--set {'.'.join(parents[: depth + 1])}=...)")
+            node = node[key]
         node[leaf] = value
     try:
         return RunConfig.model_validate(raw)

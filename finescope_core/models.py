@@ -87,6 +87,8 @@ def resolve(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
         if not _is_model_folder(path):
             raise ModelNotFoundError(f"model.name={name!r}: the folder has no config.json; give a transformers folder")
         return path
+    if name.startswith((".", "/", "~")) or (path.parent != Path(".") and path.parent.is_dir()):
+        raise ModelNotFoundError(f"model.name={name!r}: no such folder (from {Path.cwd()}); check the path")
     if HUB_ID.match(name):
         return _from_hub(name)
     raise ModelNotFoundError(

@@ -132,14 +132,21 @@ def read_seeds(path: str) -> pa.Table:
     """Seed examples as documents; each JSONL line needs ``text`` (or ``prompt`` and ``response``)."""
     if not storage.exists(path):
         raise FileNotFoundError(f"select.seeds={path!r} does not exist; give a JSONL file of seed examples")
+    try:
+        lines = storage.read_bytes(path).decode().splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"select.seeds={path!r} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     rows = []
-    for number, line in enumerate(storage.read_bytes(path).decode().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"select.seeds={path!r} line {number} is not JSON") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"select.seeds={path!r} line {number} is a JSON {type(item).__name__}, not an object; "
+                             'write one object per line, e.g. {"text": "..."}')
         text = item.get("text") or "\n".join(filter(None, (item.get("prompt"), item.get("response"))))
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"select.seeds={path!r} line {number} has no text (keys: text, or prompt + response)")
@@ -280,9 +287,14 @@ def calibration_file(uri: str) -> tuple[Ref, str]:
     and file name, checked before any model is loaded."""
     if not uri.endswith(".parquet") or not storage.exists(uri):
         raise FileNotFoundError(f"calibration={uri!r} is not an existing .parquet file; give one with a text column")
-    table = storage.read_parquet(uri)
+    try:
+        table = storage.read_parquet(uri)
+    except Exception as exc:  # pyarrow's and the filesystem's own errors
+        raise ValueError(f"calibration={uri!r} is not a readable Parquet file ({str(exc)[:100]})") from None
     if "text" not in table.column_names or len(table) == 0:
         raise ValueError(f"calibration={uri!r} has no rows in a 'text' column; the pruner needs calibration text")
+    if table["text"].null_count:
+        raise ValueError(f"calibration={uri!r} has {table['text'].null_count} rows without text; drop them")
     folder, filename = uri.rsplit("/", 1) if "/" in uri else (".", uri)
     return {"uri": folder, "fingerprint": source_fingerprint(uri)}, filename
 

@@ -13,13 +13,17 @@ from pathlib import Path
 import yaml
 
 ERRORS = (ValueError, FileNotFoundError, PermissionError, ModuleNotFoundError)
+DEFAULT_CONFIG = "configs/demo.yaml"
+BUILTIN = Path(__file__).resolve().parent.parent  # where the built-in configs and seeds are
 
 
-def _before_flow(output: str) -> None:
-    """Set-up before a flow runs: Prefect settings that must be set before Prefect is imported (quiet, results kept
-    with the run), and a watchdog that stops this process's children (Prefect's temporary server) if it is killed."""
+def _before_flow(args: argparse.Namespace, output: str) -> None:
+    """Set-up once the checks have passed, before a flow runs: Prefect settings that must be set before Prefect is
+    imported (quiet, results kept with the run), and a watchdog that stops this process's children (Prefect's
+    temporary server) if it is killed."""
     from flows import reaper
 
+    args.working = True
     reaper.start()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,7 +39,11 @@ def _overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set select.budget=200")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ValueError(f"--set {pair!r}: the value is {problem}; quote it or fix its brackets") from None
     return out
 
 
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, _overrides(args.set))
     check_run(config)
-    _before_flow(config.output)
+    _before_flow(args, config.output)
     from flows.finescope import finescope
 
     result = finescope(config)
@@ -54,19 +62,27 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _flow_config(args: argparse.Namespace, options: dict):
-    """The config file with the subcommand's options (those given) and --set overrides applied."""
+    """The config file with the subcommand's options (those given) and --set overrides applied. Without --config:
+    configs/demo.yaml in the working folder, else the built-in one, whose seeds file is then read from the install
+    (so that a first try from any folder works)."""
     from finescope_core.config import load_config
 
     given = {key: value for key, value in (options | {"output": args.out}).items() if value is not None}
-    return load_config(args.config, given | _overrides(args.set))
+    local = Path(DEFAULT_CONFIG)
+    config = load_config(args.config or (local if local.is_file() else BUILTIN / DEFAULT_CONFIG),
+                         given | _overrides(args.set))
+    seeds = Path(config.select.seeds)
+    if not args.config and not local.is_file() and not seeds.is_absolute() and not seeds.exists():
+        config.select.seeds = str(BUILTIN / seeds)
+    return config
 
 
 def curate(args: argparse.Namespace) -> None:
     from finescope_core.preflight import check_run
 
     config = _flow_config(args, {"data.pool": args.pool, "select.seeds": args.seeds, "select.budget": args.budget})
-    check_run(config, needs_eval=False)
-    _before_flow(config.output)
+    check_run(config, needs_eval=False, prunes=False)
+    _before_flow(args, config.output)
     from flows.curate import curate as curate_flow
 
     refs = curate_flow(config)
@@ -82,7 +98,7 @@ def prune(args: argparse.Namespace) -> None:
 
         calibration_file(args.calibration)
     check_run(config, needs_eval=False, needs_seeds=not args.calibration)
-    _before_flow(config.output)
+    _before_flow(args, config.output)
     from flows.prune import prune as prune_flow
 
     ref = prune_flow(config, args.calibration)
@@ -97,7 +113,7 @@ def sweep(args: argparse.Namespace) -> None:
     given = {"sweep.ratios": args.ratios, "sweep.keep": args.keep, "sweep.metric": args.metric}
     config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | _overrides(args.set))
     check_run(config)
-    _before_flow(config.output)
+    _before_flow(args, config.output)
     from flows.sweep import sweep as sweep_flow
 
     info = sweep_flow(config)
@@ -134,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
 def _flow_command(commands, name: str, help_text: str, handler) -> argparse.ArgumentParser:
     """A subcommand that runs one flow: --config for the other settings, --out, --set."""
     command = commands.add_parser(name, help=help_text)
-    command.add_argument("--config", default="configs/demo.yaml", help="YAML config for the other settings")
+    command.add_argument("--config", help=f"YAML config for the other settings (default: {DEFAULT_CONFIG} here, "
+                         "else the built-in demo config)")
     command.add_argument("--out", help="output root URI")
     command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     command.set_defaults(handler=handler)
@@ -142,12 +159,18 @@ def _flow_command(commands, name: str, help_text: str, handler) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 bad input (one line, before any work), 1 a failure during the work (its traceback
+    is in Prefect's log above)."""
     args = parser().parse_args(argv)
+    args.working = False  # set once the checks have passed and the flow starts
     try:
         args.handler(args)
-    except ERRORS as exc:
-        print(f"finescope: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if isinstance(exc, ERRORS) and not args.working:
+            print(f"finescope: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"finescope: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
