@@ -199,12 +199,11 @@ def dump_activations(model_dir: str | Path, doc_ids: Sequence[str], texts: Seque
         "n_docs": len(doc_ids),
         "n_tokens": total_tokens // len(layers),
         "n_shards": len(shards),
-        "shards_reused": len(shards) - len(todo),
         "sample_rate": sample_rate,
         "expected_sample_tokens": math.floor(total_tokens * sample_rate),
     }
     storage.write_json(storage.join(out_uri, "manifest.json"), manifest)
-    return manifest
+    return {**manifest, "shards_reused": len(shards) - len(todo)}  # how this run got there: not in the artifact
 
 
 def vectors(table: pa.Table, column: str = "act") -> np.ndarray:

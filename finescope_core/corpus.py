@@ -28,7 +28,6 @@ import platform
 import random
 import re
 import sysconfig
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -789,8 +788,8 @@ def _write_pool(out_uri: str, rows: list[dict[str, Any]], shard_docs: int) -> li
 
 
 def _clear(out_uri: str) -> None:
-    """Remove a previous build: its marker first, so a half-replaced corpus never looks complete."""
-    for name in (storage.COMPLETE_MARKER, "manifest.json", "pool", "eval"):
+    """Remove a previous build: its manifest first, so a half-replaced corpus never looks complete."""
+    for name in ("manifest.json", "pool", "eval"):
         storage.remove(storage.join(out_uri, name))
 
 
@@ -847,13 +846,15 @@ def _pool_summary(fills: dict[str, PoolFill]) -> dict[str, Any]:
 def build_demo_corpus(out_uri: str, cfg: CorpusConfig) -> dict[str, Any]:
     """Build (or reuse) the demo corpus under ``out_uri`` and return its manifest.
 
-    A previous build with the same fingerprint (config, builder version, input data versions) is returned as is.
+    A previous build with the same fingerprint (config, builder version, input data versions) is returned as is:
+    its manifest, written last, says the build finished. The completion marker is the caller's (``run_stage``), so
+    that a build killed after its files are written is not taken for a finished stage.
     """
     fingerprint = corpus_fingerprint(cfg)
-    if storage.is_complete(out_uri) and storage.read_marker(out_uri).get("fingerprint") == fingerprint:
-        return storage.read_json(storage.join(out_uri, "manifest.json"))
+    manifest_uri = storage.join(out_uri, "manifest.json")
+    if storage.exists(manifest_uri) and storage.read_json(manifest_uri).get("fingerprint") == fingerprint:
+        return storage.read_json(manifest_uri)
     storage.check_writable(out_uri)
-    started = time.perf_counter()
     splits, fills = select_corpus(cfg)
     rows = [row for domain, fill in fills.items() for row in _pool_rows(domain, fill)]
     random.Random(f"{cfg.seed}/pool-order").shuffle(rows)
@@ -872,11 +873,5 @@ def build_demo_corpus(out_uri: str, cfg: CorpusConfig) -> dict[str, Any]:
         **checks,
         "files": {p: storage.sha256_uri(storage.join(out_uri, p)) for p in pool_paths + eval_paths},
     }
-    storage.write_json(storage.join(out_uri, "manifest.json"), manifest)
-    marker = {
-        "fingerprint": fingerprint,
-        "manifest_sha256": storage.sha256_uri(storage.join(out_uri, "manifest.json")),
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
-    storage.mark_complete(out_uri, marker)
+    storage.write_json(manifest_uri, manifest)
     return manifest

@@ -7,6 +7,7 @@ The result is a standard sae-lens folder (``SAE.load_from_disk`` loads it) plus 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
     eval_acts = torch.from_numpy(np.array(first[:EVAL_TOKENS])).to(device)
     with storage.staged_directory(out_uri) as scratch:
         trained.save_inference_model(scratch)
+        config = scratch / "cfg.json"  # sae-lens writes its keys in an order that varies by process
+        storage.write_json(str(config), json.loads(config.read_text()))
         inference = sl.SAE.load_from_disk(str(scratch), device=device)
         metrics = {"layer": layer, "d_in": d_in, "d_sae": d_in * cfg.expansion, "steps": steps,
                    **quality(inference, eval_acts)}

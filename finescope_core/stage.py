@@ -51,13 +51,20 @@ def run_stage(root: str, name: str, inputs: dict[str, Any], config: BaseModel | 
     fingerprint = stage_fingerprint(name, inputs, config, ignore)
     uri = storage.join(root, name, fingerprint)
     if storage.is_complete(uri):
-        marker = storage.read_marker(uri)
-        return {"uri": uri, "fingerprint": fingerprint, "info": marker.get("info", {}), "reused": True}
-    storage.remove_abandoned_scratch(uri)
-    info = work(uri)
-    storage.mark_complete(uri, {"fingerprint": fingerprint, "stage": name, "info": info,
-                                "files": storage.file_hashes(uri)})
+        return _finished(uri, fingerprint)
+    with storage.exclusive(uri):  # a run doing the same stage at the same time waits, then finds it done
+        if storage.is_complete(uri):
+            return _finished(uri, fingerprint)
+        storage.remove_abandoned_scratch(uri)
+        info = work(uri)
+        storage.mark_complete(uri, {"fingerprint": fingerprint, "stage": name, "info": info,
+                                    "files": storage.file_hashes(uri)})
     return {"uri": uri, "fingerprint": fingerprint, "info": info, "reused": False}
+
+
+def _finished(uri: str, fingerprint: str) -> dict:
+    """The reference to a stage output that is already complete."""
+    return {"uri": uri, "fingerprint": fingerprint, "info": storage.read_marker(uri).get("info", {}), "reused": True}
 
 
 def source_fingerprint(uri: str) -> str:

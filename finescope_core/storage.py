@@ -8,6 +8,7 @@ and a multi-file artifact counts as done only once its completion marker (writte
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -124,6 +125,24 @@ def remove_abandoned_scratch(uri: str) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+@contextlib.contextmanager
+def exclusive(uri: str) -> Iterator[None]:
+    """Hold a lock on ``uri`` for the block: processes (and threads) on this machine that share a local output take
+    turns. The lock file is hidden beside ``uri``; the system releases the lock when its holder dies. Object
+    stores have no lock: runs sharing an ``s3://`` output may both do a piece of work, each writing the same bytes."""
+    if not is_local(uri):
+        yield
+        return
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
