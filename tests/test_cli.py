@@ -1,5 +1,6 @@
 """``finescope run``: bad input fails fast with one line naming the field, and writes nothing."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,19 @@ def test_prune_names_a_bad_calibration_file_or_ratio(config: Path, tmp_path: Pat
     assert main(["prune", "--config", str(config), "--out", str(out), "--ratio", "1.5"]) == 2
     assert_one_line_error(capsys, "prune.ratio")
     assert not out.exists()
+
+
+def test_a_failure_during_the_work_exits_1_with_one_line(config: Path, tmp_path: Path, monkeypatch, capsys):
+    import flows.finescope
+    import flows.reaper
+
+    def fail(config):
+        raise RuntimeError("the disk is full")
+
+    for name in ("PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                 "PREFECT_LOCAL_STORAGE_PATH"):  # set by the CLI for its flow: restored after this test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setattr(flows.reaper, "start", lambda: None)
+    monkeypatch.setattr(flows.finescope, "finescope", fail)
+    assert run(config, f"output={tmp_path / 'out'}") == 1
+    assert capsys.readouterr().err.strip() == "finescope: failed: RuntimeError: the disk is full"
