@@ -302,6 +302,9 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     lines = []
     for item in error.errors():
         field = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        if item["type"] == "value_error":  # our validators' messages name their fields
+            lines.append(str(item["ctx"]["error"]))
+            continue
         message = "unknown key (check its spelling)" if item["type"] == "extra_forbidden" else item["msg"]
         lines.append(f"{field}: {message}")
     return "; ".join(lines)

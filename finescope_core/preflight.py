@@ -88,6 +88,8 @@ def check_documents(uri: str, field: str) -> int:
     """The pool's documents: every shard readable, with string ``doc_id`` and ``text`` columns, no null and no
     duplicate ids, no null text. Returns the number of documents."""
     readable(uri, field)
+    if not storage.exists(uri):
+        raise InputError(f"{field}={uri!r} does not exist; give a folder of *.parquet files")
     shards = storage.listdir(uri, ".parquet")
     if not shards:
         raise InputError(f"{field}={uri!r} holds no Parquet shards; give a folder of *.parquet files")
@@ -131,6 +133,9 @@ def check_eval_sets(config: RunConfig) -> None:
         return
     uri = config.data.eval_sets
     readable(uri, "data.eval_sets")
+    if not storage.exists(uri):
+        raise InputError(f"data.eval_sets={uri!r} does not exist; give a folder of <domain>/mc.parquet and "
+                         "<domain>/text.parquet files")
     for domain in config.eval_domains:
         files = [name for name in EVAL_FILES if storage.exists(storage.join(uri, domain, name))]
         if not files:
