@@ -76,6 +76,13 @@ def with_config_text(text: str) -> Case:
     return case
 
 
+def empty_data_section(folder: Path, config: Path) -> list[str]:
+    """A config whose ``data:`` section has every child commented out (YAML reads it as null)."""
+    seeds = next(line for line in config.read_text().splitlines() if "seeds:" in line)
+    config.write_text(f"output: {folder / 'out'}\nselect:\n{seeds}\ndata:\n#  pool: somewhere\n")
+    return ["curate", "--config", str(config), "--pool", "/nonexistent/pool"]
+
+
 def with_calibration(table: pa.Table | bytes) -> Case:
     def case(folder: Path, config: Path) -> list[str]:
         path = folder / "calibration.parquet"
@@ -99,6 +106,7 @@ CASES: dict[str, tuple[Case, str]] = {
     "missing config file": (lambda f, c: ["run", str(f / "none.yaml")], "does not exist"),
     "config not YAML": (with_config_text("select: [budget"), "not valid YAML"),
     "config a list": (with_config_text("- a\n- b\n"), "must be a mapping"),
+    "empty section and a missing pool": (empty_data_section, "data.pool='/nonexistent/pool' does not exist"),
     "misspelt key": (run("select.budgte=3"), "select.budgte: unknown key"),
     "unknown section": (run("selection.budget=3"), "selection: unknown key"),
     "budget not a number": (run("select.budget=many"), "select.budget"),
@@ -193,3 +201,4 @@ def test_an_object_store_without_credentials_is_one_line(config: Path, monkeypat
     assert main(["curate", "--config", str(config), "--pool", "s3://finescope-no-such-bucket/pool"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "data.pool='s3://finescope-no-such-bucket/pool' cannot be read" in err
+    assert not (config.parent / "out").exists()
