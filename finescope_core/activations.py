@@ -11,9 +11,8 @@ while saying nothing about the document. A one-token document keeps its only tok
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import torch
 
 from finescope_core import storage
 from finescope_core.config import DumpConfig
+from finescope_core.coordinates import sensitivity
+from finescope_core.model_structure import decoder_layers, truncated
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.progress import progress
 
@@ -37,14 +38,6 @@ class Shard:
     index: int
     doc_ids: list[str]
     token_ids: list[list[int]]
-
-
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The decoder blocks of a transformers causal LM (Llama, Qwen2, Mistral, Gemma... all use model.model.layers)."""
-    try:
-        return model.model.layers
-    except AttributeError:
-        raise ValueError(f"unsupported architecture {type(model).__name__}: no model.model.layers") from None
 
 
 def resolve_layers(requested: Sequence[int] | None, n_layers: int) -> list[int]:
@@ -74,17 +67,6 @@ def plan_shards(doc_ids: Sequence[str], token_ids: list[list[int]], shard_docs: 
         Shard(n, [doc_ids[i] for i in chunk], [token_ids[i] for i in chunk])
         for n, chunk in enumerate(order[start : start + shard_docs] for start in range(0, len(order), shard_docs))
     ]
-
-
-@contextlib.contextmanager
-def truncated(model: torch.nn.Module, n_keep: int) -> Iterator[None]:
-    """Run only the first ``n_keep`` decoder blocks: later layers do not affect the captured activations."""
-    layers = decoder_layers(model)
-    model.model.layers = layers[:n_keep]
-    try:
-        yield
-    finally:
-        model.model.layers = layers
 
 
 @torch.no_grad()
@@ -161,8 +143,6 @@ def dump_shard(model, shard: Shard, layers: list[int], cfg: DumpConfig, sample_r
 
 def write_sensitivity(model, token_ids: list[list[int]], layers: list[int], cfg: DumpConfig, uri: str) -> None:
     """Per captured layer, each coordinate's gradient sensitivity on a seeded sample of the documents."""
-    from finescope_core.coordinates import sensitivity
-
     rng = np.random.default_rng(cfg.seed)
     chosen = [token_ids[i] for i in rng.permutation(len(token_ids))[: cfg.sensitivity_docs]]
     scores = {str(layer): sensitivity(model, chosen, layer, cfg.sensitivity_probes, cfg.seed).tolist()

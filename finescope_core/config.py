@@ -103,12 +103,11 @@ class SelectConfig(StageConfig):
     )
     pooling: Literal["mean", "max", "idf"] = Field(
         "idf", description="How token SAE codes pool into a document: mean, max, or mean weighted by each latent's "
-        "inverse document frequency over the pool (bench/curation.py: precision@500 0.894 against 0.768 for mean)."
+        "inverse document frequency over the pool."
     )
     power: float = Field(
         0.5, gt=0, le=1, description="Pooled SAE codes are raised to this power before the cosine (power "
-        "normalisation: a few dominant latents no longer decide every score; bench/curation.py: precision@500 0.981, "
-        "no domain under 0.92, against 0.894 at 1); 1 turns it off."
+        "normalisation: a few dominant latents no longer decide every score); 1 turns it off."
     )
     method: Literal["sae", "minilm", "raw_act", "random"] = Field(
         "sae", description="Selection method: SAE codes (FineScope) or a baseline at equal budget."
@@ -136,14 +135,13 @@ class PruneConfig(StageConfig):
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
     )
     calibration_samples: int = Field(
-        128, ge=1, description="Calibration sequences; the refit gains from more (SmolLM2, 25% removed: medicine "
-        "perplexity 44.6 with 32, 33.5 with 128)."
+        128, ge=1, description="Calibration sequences the pruner reads (the least-squares refit gains from more)."
     )
     calibration_tokens: int = Field(128, ge=8, description="Tokens per calibration sequence.")
     prune_heads: bool = Field(True, description="Also prune query heads (evenly within each kv group).")
     width_multiple: int = Field(
-        8, ge=1, description="Keep an MLP width that is a multiple of this (SmolLM2 on CPU, 25% removed: forward "
-        "x1.18 faster than dense with 1,015 channels, x1.33 with 1,016); 1 follows the ratio exactly."
+        8, ge=1, description="Keep an MLP width that is a multiple of this (kernels run faster on such widths); 1 "
+        "follows the ratio exactly."
     )
     seed: int = Field(0, description="Seed of the calibration sample and of random importance.")
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from finescope_core.activations import decoder_layers, truncated
+from finescope_core.model_structure import decoder_layers, truncated
 from finescope_core.progress import progress
 
 

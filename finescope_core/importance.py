@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from finescope_core.activations import decoder_layers
 from finescope_core.layerwise import diagonal_blocks
+from finescope_core.model_structure import decoder_layers
 from finescope_core.progress import progress
 
 # Weight name -> the dimension that is summed away to leave one score per output row (0) or input column (1).

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finescope_core.activations import decoder_layers
+from finescope_core.model_structure import decoder_layers
 
 DAMPING = 0.01  # ridge term, as a fraction of the mean diagonal of the inputs' Gram matrix
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
-from finescope_core.activations import decoder_layers
 from finescope_core.config import PruneConfig
 from finescope_core.importance import AttentionShape, activation_scores, attention_shape, static_scores, taylor_scores
 from finescope_core.layerwise import capture_inputs, input_grams, refit_columns, run_layer
+from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.obs import obs_removal
 from finescope_core.progress import progress

@@ -97,7 +97,7 @@ def test_sensitivity_scores_match_the_exact_jacobian(tiny_model: Path):
 
 
 def _layer_output(model, embeddings):
-    from finescope_core.activations import truncated
+    from finescope_core.model_structure import truncated
 
     captured = {}
     hook = model.model.layers[0].register_forward_hook(lambda _m, _i, out: captured.setdefault("out", out))

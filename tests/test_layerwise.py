@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from finescope_core.activations import decoder_layers
 from finescope_core.importance import activation_scores, attention_shape, taylor_scores
 from finescope_core.layerwise import capture_inputs, input_grams, refit_columns, run_layer
+from finescope_core.model_structure import decoder_layers
 from finescope_core.models import load_model
 
 
