@@ -7,6 +7,7 @@ from pathlib import Path
 
 from finescope_core import stages, storage
 from finescope_core.config import RunConfig
+from finescope_core.embed import token_pooling
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +24,7 @@ def curated_refs(config: RunConfig, domain: str) -> tuple[dict, dict, dict]:
     pool_acts = stages.dump(root, model, pool, config.dump, config.model)
     seed_acts = stages.dump(root, model, seeds, config.dump, config.model)
     sae = stages.sae(root, pool_acts, config.sae, device)
-    pooling = "max" if config.select.pooling == "max" else "mean"
+    pooling = token_pooling(config.select.pooling)
     vectors = {"pool_acts": pool_acts, "seed_acts": seed_acts,
                "pool_emb": stages.embeddings(root, pool_acts, sae, pooling, device),
                "seed_emb": stages.embeddings(root, seed_acts, sae, pooling, device)}

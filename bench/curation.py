@@ -19,7 +19,13 @@ import numpy as np
 from finescope_core import stages, storage
 from finescope_core.config import DataConfig, DumpConfig, ModelConfig, SAEConfig, SelectConfig
 from finescope_core.corpus import DOMAINS
-from finescope_core.embed import minilm_embeddings, raw_activation_embeddings, read_embeddings, selection_vectors
+from finescope_core.embed import (
+    minilm_embeddings,
+    raw_activation_embeddings,
+    read_embeddings,
+    selection_vectors,
+    token_pooling,
+)
 from finescope_core.ngrams import NgramIndex
 from finescope_core.select import max_cosine, select_top
 
@@ -64,7 +70,7 @@ def main() -> None:
     domains_of = np.array(pool_table["domain"].to_pylist())
     acts = stages.dump(root, model, pool, dump_cfg, model_cfg)
     sae = stages.sae(root, acts, sae_cfg, model_cfg.device)
-    pooling = "max" if args.pooling == "max" else "mean"
+    pooling = token_pooling(args.pooling)
     layer = acts["info"]["layers"][0]
     pool_vectors = {
         "sae": aligned(order, *read_embeddings(storage.join(

@@ -79,13 +79,19 @@ def selection_vectors(docs: np.ndarray, seeds: np.ndarray, pooling: str, power: 
     return docs, seeds
 
 
+def token_pooling(selection_pooling: str) -> str:
+    """How a document's token codes are pooled into its embedding for a ``select.pooling``: idf weights mean-pooled
+    codes at selection time (see :func:`selection_vectors`), so only max pools differently."""
+    return "max" if selection_pooling == "max" else "mean"
+
+
 def embed_with_sae(tokens_uri: str, layer: int, sae, pooling: str,
                    coordinates: list[int] | None = None) -> tuple[list[str], np.ndarray]:
     """Unnormalised pooled SAE codes of every document of a dump (all shards), in shard order."""
     ids: list[str] = []
     parts = []
     for shard in progress(storage.listdir(tokens_uri, ".parquet"), "SAE embedding (shards)"):
-        shard_ids, pooled = sae_shard_embeddings(shard, layer, sae, "max" if pooling == "max" else "mean", coordinates)
+        shard_ids, pooled = sae_shard_embeddings(shard, layer, sae, token_pooling(pooling), coordinates)
         ids.extend(shard_ids)
         parts.append(pooled.astype(np.float32))
     if not parts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
+from finescope_core.embed import token_pooling
 from flows.shards import dump_shards, embed_shards, with_runner
 from tasks.stages import (
     build_corpus,
@@ -35,7 +36,7 @@ def curate(config: RunConfig) -> dict:
     pool_acts = dump_activations(root, model, pool, config.dump, config.model)
     seed_acts = dump_activations(root, model, seeds, config.dump, config.model)
     sae = fit_sae(root, pool_acts, config.sae, device)
-    pooling = "max" if config.select.pooling == "max" else "mean"
+    pooling = token_pooling(config.select.pooling)
     vectors = {
         "pool_acts": pool_acts,
         "seed_acts": seed_acts,
@@ -59,7 +60,7 @@ def curate_shards(config: RunConfig) -> dict:
     shards = [shard_documents(root, uri) for uri in list_shards(pool_uri)]
     acts = with_runner(config.runner, dump_shards)(root, model, shards, config.dump, config.model)
     sae = choose_sae(root, model, acts, config.dump, config.sae, pool_uri, device)
-    pooling = "max" if config.select.pooling == "max" else "mean"
+    pooling = token_pooling(config.select.pooling)
     embeddings = with_runner(config.runner, embed_shards)(root, acts, sae, pooling, device)
     pool = merge_shards(root, shards, embeddings)
     seeds = load_seeds(root, config.select.seeds)

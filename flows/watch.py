@@ -10,12 +10,12 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
 from finescope_core import incremental, storage
-from tasks.caching import retry_on_io_errors
+from tasks.caching import io_task
 
 SHARDS_ARRIVED = "finescope.pool.shards-arrived"
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def find_new_shards(pool: str, seen: str) -> list[str]:
     return incremental.unseen_shards(pool, seen)
 

@@ -4,7 +4,8 @@
 Stage references are reduced to their fingerprints and configs to their values, so a rerun with the same inputs
 hits the cache however the references were obtained, and an edited task recomputes. A cached result counts only
 while its artifacts are in storage: a hit whose stage folder lost its completion marker (deleted, or half
-removed) runs the task again, which remakes the artifact in the same place.
+removed) runs the task again, which remakes the artifact in the same place. Tasks retry transient storage
+errors (``io_task``, and every stage task), never bad input.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from types import CodeType
 from typing import Any
 
+from prefect import task
 from prefect.results import get_result_store
 from pydantic import BaseModel
 
@@ -92,3 +94,7 @@ def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return False
     return False
+
+
+RETRY_IO = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io_errors}
+io_task = task(**RETRY_IO)  # a task retried on transient storage errors and never cached: it reads its inputs each run

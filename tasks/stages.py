@@ -21,12 +21,11 @@ from finescope_core.config import (
     SAEConfig,
     SelectConfig,
 )
-from tasks.caching import retry_on_io_errors, stage_cache_key
+from tasks.caching import RETRY_IO, io_task, stage_cache_key
 
 Ref = dict
 
-stage_task = task(cache_key_fn=stage_cache_key, persist_result=True, retries=2, retry_delay_seconds=5,
-                  retry_condition_fn=retry_on_io_errors)
+stage_task = task(cache_key_fn=stage_cache_key, persist_result=True, **RETRY_IO)
 
 
 def _logged(name: str, ref: Ref) -> Ref:
@@ -34,13 +33,13 @@ def _logged(name: str, ref: Ref) -> Ref:
     return ref
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def resolve_model(model: ModelConfig) -> Ref:
     """The base model's local folder and content fingerprint (converted once into the cache)."""
     return _logged("model", stages.model_ref(model))
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def build_corpus(root: str, data: DataConfig) -> Ref:
     """Not cached by Prefect: the pool and eval sets are identified by their content, which the core reads each run
     (a shard added to the pool, or an eval set edited in place, is new input)."""
@@ -52,7 +51,7 @@ def sample_pool(root: str, corpus: Ref, data: DataConfig) -> Ref:
     return _logged("pool", stages.pool(root, corpus, data))
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def load_seeds(root: str, path: str) -> Ref:
     """Not cached by Prefect: the seeds file's content is part of the stage identity, read each run."""
     return _logged("seeds", stages.seeds(root, path))
@@ -63,13 +62,13 @@ def dump_activations(root: str, model: Ref, docs: Ref, dump: DumpConfig, model_c
     return _logged("activations", stages.dump(root, model, docs, dump, model_cfg))
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def list_shards(pool: str) -> list[str]:
     """The pool's shards as they are now (never cached: new shards are the point)."""
     return incremental.shard_uris(pool)
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def shard_documents(root: str, shard_uri: str) -> Ref:
     """Not cached by Prefect: a shard is identified by its content, which the core stage hashes each run."""
     return _logged("shard", stages.shard(root, shard_uri))
@@ -109,7 +108,7 @@ def select_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], 
     return _logged("curated", ref)
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io_errors)
+@io_task
 def calibration_source(uri: str) -> tuple[Ref, str]:
     """A user's calibration Parquet file; fingerprinted by content each run, so not cached by Prefect."""
     return stages.calibration_file(uri)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -38,3 +40,44 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A function returning a TCP port that is free on 127.0.0.1 (for the servers tests start)."""
+
+    def port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return port
+
+
+WORDS = "patient dose trial fever insulin tumour cardiac renal sepsis biopsy algebra proof integer prime".split()
+
+
+@pytest.fixture(scope="session")
+def write_shard() -> Callable[..., str]:
+    """A function writing pool shard ``index`` (``n_docs`` short notes, doc ids ``s<index>-<i>``) under ``pool``;
+    returns its URI."""
+    import pyarrow as pa
+
+    from finescope_core import storage
+
+    def write(pool: Path, index: int, n_docs: int = 12) -> str:
+        rows = [{"doc_id": f"s{index}-{i}", "text": f"note {index}.{i}: " + " ".join(
+                    WORDS[(index * 7 + i * j) % len(WORDS)] for j in range(1, 14))} for i in range(n_docs)]
+        uri = str(pool / f"shard-{index:03d}.parquet")
+        storage.write_parquet(pa.Table.from_pylist(rows), uri)
+        return uri
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_dump():
+    """An activation dump small enough for the tiny model's shards."""
+    from finescope_core.config import DumpConfig
+
+    return DumpConfig(layers=[1], max_tokens=24, shard_docs=16, sae_sample_tokens=2000)

@@ -92,8 +92,8 @@ class Outage:
     """A TCP proxy in front of a server that can go away for a while, as a restarted server does: open connections
     are cut and new ones refused, then it listens again on the same port."""
 
-    def __init__(self, target: int):
-        self.target, self.port, self.connections = target, free_port(), []
+    def __init__(self, target: int, port: int):
+        self.target, self.port, self.connections = target, port, []
         self.listen()
 
     def listen(self) -> None:
@@ -137,13 +137,7 @@ def close(connection: socket.socket) -> None:
     connection.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_a_run_to_object_storage_survives_the_server_going_away(repo: Path, tmp_path: Path):
+def test_a_run_to_object_storage_survives_the_server_going_away(repo: Path, tmp_path: Path, free_port):
     import s3fs
 
     port = free_port()
@@ -159,7 +153,7 @@ def test_a_run_to_object_storage_survives_the_server_going_away(repo: Path, tmp_
             except Exception:
                 assert time.monotonic() < deadline, "moto did not start"
                 time.sleep(0.2)
-        proxy = Outage(port)
+        proxy = Outage(port, free_port())
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "AWS_ACCESS_KEY_ID": "moto",
                "AWS_SECRET_ACCESS_KEY": "moto", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
         run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--set",

@@ -8,38 +8,27 @@ import pytest
 from finescope_core import incremental, stages, storage
 from finescope_core.config import DumpConfig, ModelConfig, SAEConfig, SelectConfig
 
-WORDS = "patient dose trial fever insulin tumour cardiac renal sepsis biopsy algebra proof integer prime".split()
-DUMP = DumpConfig(layers=[1], max_tokens=24, shard_docs=16, sae_sample_tokens=2000)
 SAE = SAEConfig(expansion=2, k=4, training_tokens=4000, batch_size=256)
 
 
-def write_shard(pool: Path, index: int, n_docs: int = 12) -> str:
-    rows = [{"doc_id": f"s{index}-{i}",
-             "text": f"note {index}.{i}: " + " ".join(WORDS[(index * 7 + i * j) % len(WORDS)] for j in range(1, 14))}
-            for i in range(n_docs)]
-    uri = str(pool / f"shard-{index:03d}.parquet")
-    storage.write_parquet(pa.Table.from_pylist(rows), uri)
-    return uri
-
-
-def per_shard(root: str, model: dict, pool: Path) -> tuple[list[dict], list[dict]]:
+def per_shard(root: str, model: dict, pool: Path, dump: DumpConfig) -> tuple[list[dict], list[dict]]:
     shards = [stages.shard(root, uri) for uri in incremental.shard_uris(str(pool))]
-    return shards, [stages.dump(root, model, shard, DUMP, ModelConfig(name="tiny-random-llama")) for shard in shards]
+    return shards, [stages.dump(root, model, shard, dump, ModelConfig(name="tiny-random-llama")) for shard in shards]
 
 
 def test_new_shards_alone_are_dumped_and_the_sae_reused_below_the_drift(tiny_model: Path, tmp_path: Path,
-                                                                        monkeypatch):
+                                                                        monkeypatch, write_shard, tiny_dump):
     root, pool = str(tmp_path / "run"), tmp_path / "pool"
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
-    state = incremental.state_uri(root, str(pool), model, DUMP, SAE)
+    state = incremental.state_uri(root, str(pool), model, tiny_dump, SAE)
     for index in range(2):
         write_shard(pool, index)
-    _, acts = per_shard(root, model, pool)
+    _, acts = per_shard(root, model, pool, tiny_dump)
     first = incremental.choose_sae(root, state, acts, SAE)
     assert first.action == "fitted" and first.new_shards == 2
 
     write_shard(pool, 2)
-    shards, acts = per_shard(root, model, pool)
+    shards, acts = per_shard(root, model, pool, tiny_dump)
     assert [ref.get("reused", False) for ref in acts] == [True, True, False]  # only the new shard is dumped
     monkeypatch.setattr(incremental, "drift", lambda sae, new, device="cpu": 0.1)
     reused = incremental.choose_sae(root, state, acts, SAE.model_copy(update={"refit_drift": 0.2}))
@@ -50,7 +39,7 @@ def test_new_shards_alone_are_dumped_and_the_sae_reused_below_the_drift(tiny_mod
     assert merged["info"] == {"n_docs": 36, "shards": 3}
 
     write_shard(pool, 3)
-    _, acts = per_shard(root, model, pool)
+    _, acts = per_shard(root, model, pool, tiny_dump)
     refit = incremental.choose_sae(root, state, acts, SAE.model_copy(update={"refit_drift": 0.05}))
     assert refit.action == "refit" and refit.sae["fingerprint"] != first.sae["fingerprint"]
     assert storage.read_json(state)["shards"] == sorted(ref["fingerprint"] for ref in acts)
@@ -58,25 +47,26 @@ def test_new_shards_alone_are_dumped_and_the_sae_reused_below_the_drift(tiny_mod
     assert again.action == "reused" and again.new_shards == 0 and again.sae["fingerprint"] == refit.sae["fingerprint"]
 
 
-def test_drift_is_near_zero_on_the_fitted_activations(tiny_model: Path, tmp_path: Path):
+def test_drift_is_near_zero_on_the_fitted_activations(tiny_model: Path, tmp_path: Path, write_shard, tiny_dump):
     root, pool = str(tmp_path / "run"), tmp_path / "pool"
     write_shard(pool, 0, n_docs=20)
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
-    _, acts = per_shard(root, model, pool)
+    _, acts = per_shard(root, model, pool, tiny_dump)
     sae = stages.sae(root, acts, SAE, "cpu")
     assert abs(incremental.drift(sae, acts)) < 0.05
 
 
-def test_incremental_selection_ranks_every_shard(tiny_model: Path, tmp_path: Path, repo: Path):
+def test_incremental_selection_ranks_every_shard(tiny_model: Path, tmp_path: Path, repo: Path, write_shard,
+                                                 tiny_dump):
     root, pool = str(tmp_path / "run"), tmp_path / "pool"
     for index in range(3):
         write_shard(pool, index)
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
-    shards, acts = per_shard(root, model, pool)
+    shards, acts = per_shard(root, model, pool, tiny_dump)
     sae = stages.sae(root, acts, SAE, "cpu")
     merged = stages.merged(root, shards, [stages.embeddings(root, ref, sae, "max", "cpu") for ref in acts])
     seeds = stages.seeds(root, str(repo / "seeds" / "medicine.jsonl"))
-    seed_emb = stages.embeddings(root, stages.dump(root, model, seeds, DUMP, ModelConfig()), sae, "max", "cpu")
+    seed_emb = stages.embeddings(root, stages.dump(root, model, seeds, tiny_dump, ModelConfig()), sae, "max", "cpu")
     curated = stages.curated(root, merged, seeds, {"pool_emb": merged, "seed_emb": seed_emb}, None,
                              SelectConfig(budget=30, decontaminate=False, near_duplicate_cosine=1.0))
     chosen = storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"].to_pylist()

@@ -18,8 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import yaml
-from test_incremental import write_shard
-from test_storage_s3 import free_port
 
 pytestmark = pytest.mark.service
 BIN = Path(sys.executable).parent
@@ -76,7 +74,7 @@ def tiny_config(output: str, pool: str, repo: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, repo: Path):
+def service(tmp_path_factory, repo: Path, free_port):
     home = tmp_path_factory.mktemp("service")
     password, s3_secret = secrets.token_hex(8), "moto-" + secrets.token_hex(8)
     s3_port, api_port = free_port(), free_port()
@@ -133,7 +131,7 @@ def service(tmp_path_factory, repo: Path):
                 process.kill()
 
 
-def upload_shard(service: Service, tmp_path: Path, index: int) -> None:
+def upload_shard(service: Service, tmp_path: Path, index: int, write_shard) -> None:
     local = write_shard(tmp_path / "shards", index)
     service.s3.put(local, f"{BUCKET}/pool/{Path(local).name}")
 
@@ -143,9 +141,9 @@ def s3_folders(service: Service, stage: str) -> list[str]:
     return service.s3.ls(path, refresh=True) if service.s3.exists(path) else []
 
 
-def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Service, tmp_path: Path):
+def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Service, tmp_path: Path, write_shard):
     for index in range(2):
-        upload_shard(service, tmp_path, index)
+        upload_shard(service, tmp_path, index, write_shard)
     refused = httpx.post(f"{service.api}/deployments/{service.deployments['curate-bucket']}/create_flow_run",
                          json={}, timeout=30)
     assert refused.status_code == 401
@@ -168,10 +166,10 @@ def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Servic
             assert service.s3_secret not in service.s3.cat(path).decode()
 
 
-def test_new_shards_trigger_a_recuration_of_only_those_shards(service: Service, tmp_path: Path):
+def test_new_shards_trigger_a_recuration_of_only_those_shards(service: Service, tmp_path: Path, write_shard):
     acts_before = s3_folders(service, "acts")
     embeddings_before = s3_folders(service, "embeddings")
-    upload_shard(service, tmp_path, 2)
+    upload_shard(service, tmp_path, 2, write_shard)
     started = time.time()
     watch = service.post(f"/deployments/{service.deployments['watch-bucket']}/create_flow_run").json()
     assert service.wait(watch["id"])["state"]["type"] == "COMPLETED"

@@ -4,7 +4,6 @@ from pathlib import Path
 
 from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
-from test_incremental import DUMP, write_shard
 
 from finescope_core import stages
 from finescope_core.config import ModelConfig, RunnerConfig
@@ -17,13 +16,14 @@ def test_dask_runner_is_a_local_cluster_or_an_address():
     assert task_runner(RunnerConfig(kind="dask", address="tcp://127.0.0.1:8786")).address == "tcp://127.0.0.1:8786"
 
 
-def test_shards_dumped_on_two_dask_workers_match_a_direct_dump(tiny_model: Path, tmp_path: Path):
+def test_shards_dumped_on_two_dask_workers_match_a_direct_dump(tiny_model: Path, tmp_path: Path, write_shard,
+                                                                  tiny_dump):
     root, model_cfg = str(tmp_path / "run"), ModelConfig(name="tiny-random-llama")
     model = stages.model_ref(model_cfg)
     shards = [stages.shard(root, write_shard(tmp_path / "pool", index)) for index in range(2)]
     with prefect_test_harness():
-        acts = with_runner(RunnerConfig(kind="dask", workers=2), dump_shards)(root, model, shards, DUMP, model_cfg)
+        acts = with_runner(RunnerConfig(kind="dask", workers=2), dump_shards)(root, model, shards, tiny_dump, model_cfg)
     assert [ref.get("reused", False) for ref in acts] == [False, False]
-    direct = [stages.dump(str(tmp_path / "direct"), model, shard, DUMP, model_cfg) for shard in shards]
+    direct = [stages.dump(str(tmp_path / "direct"), model, shard, tiny_dump, model_cfg) for shard in shards]
     assert [ref["fingerprint"] for ref in acts] == [ref["fingerprint"] for ref in direct]
     assert [ref["info"] for ref in acts] == [ref["info"] for ref in direct]
