@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from finescope_core import curation
 from finescope_core.config import RunConfig
 from finescope_core.embed import token_pooling
 from flows.shards import dump_shards, embed_shards, with_runner
@@ -28,24 +29,9 @@ def curate(config: RunConfig) -> dict:
     """Select the pool documents most like the seeds; returns references to every artifact made on the way."""
     if config.data.pool and config.data.incremental:
         return curate_shards(config)
-    root, device = config.output, config.model.device
-    model = resolve_model(config.model)
-    corpus = build_corpus(root, config.data)
-    pool = sample_pool(root, corpus, config.data)
-    seeds = load_seeds(root, config.select.seeds)
-    pool_acts = dump_activations(root, model, pool, config.dump, config.model)
-    seed_acts = dump_activations(root, model, seeds, config.dump, config.model)
-    sae = fit_sae(root, pool_acts, config.sae, device)
-    pooling = token_pooling(config.select.pooling)
-    vectors = {
-        "pool_acts": pool_acts,
-        "seed_acts": seed_acts,
-        "pool_emb": embed_documents(root, pool_acts, sae, pooling, device),
-        "seed_emb": embed_documents(root, seed_acts, sae, pooling, device),
-    }
-    curated = select_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
-    return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": pool_acts, "sae": sae,
-            "embeddings": vectors["pool_emb"], "curated": curated}
+    tasks = curation.CurationSteps(resolve_model, build_corpus, sample_pool, load_seeds, dump_activations, fit_sae,
+                                   embed_documents, select_documents)
+    return curation.curate(config, tasks)
 
 
 def curate_shards(config: RunConfig) -> dict:

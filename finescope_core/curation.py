@@ -1,0 +1,49 @@
+"""The curation chain, written once: pool -> activations -> SAE -> embeddings -> selection against the seeds.
+
+The chain is given its steps: the core stages themselves (benches, scripts) or the Prefect tasks that wrap them (the
+flows), so that orchestration adds caching, retries and logs without restating the order of the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from finescope_core import stages
+from finescope_core.config import RunConfig
+from finescope_core.embed import token_pooling
+
+
+@dataclass(frozen=True)
+class CurationSteps:
+    """One callable per stage, each with the signature of the ``finescope_core.stages`` function it stands for."""
+
+    model_ref: Callable = stages.model_ref
+    corpus: Callable = stages.corpus
+    pool: Callable = stages.pool
+    seeds: Callable = stages.seeds
+    dump: Callable = stages.dump
+    sae: Callable = stages.sae
+    embeddings: Callable = stages.embeddings
+    curated: Callable = stages.curated
+
+
+def curate(config: RunConfig, steps: CurationSteps = CurationSteps()) -> dict:
+    """References to every artifact of a curation of ``config``'s pool by its seeds: model, corpus, pool, seeds,
+    acts (the pool's), sae, embeddings (the pool's), curated, and the vectors selection read (``vectors``: the
+    pool's and seeds' activations and embeddings, which a selection by another method reuses)."""
+    root, device = config.output, config.model.device
+    model = steps.model_ref(config.model)
+    corpus = steps.corpus(root, config.data)
+    pool = steps.pool(root, corpus, config.data)
+    seeds = steps.seeds(root, config.select.seeds)
+    pool_acts = steps.dump(root, model, pool, config.dump, config.model)
+    seed_acts = steps.dump(root, model, seeds, config.dump, config.model)
+    sae = steps.sae(root, pool_acts, config.sae, device)
+    pooling = token_pooling(config.select.pooling)
+    vectors = {"pool_acts": pool_acts, "seed_acts": seed_acts,
+               "pool_emb": steps.embeddings(root, pool_acts, sae, pooling, device),
+               "seed_emb": steps.embeddings(root, seed_acts, sae, pooling, device)}
+    curated = steps.curated(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
+    return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": pool_acts, "sae": sae,
+            "embeddings": vectors["pool_emb"], "curated": curated, "vectors": vectors}
