@@ -127,7 +127,8 @@ def main() -> None:
                 if label == "curated" and pruned_uri is None:
                     pruned_uri = stages.model_folder(ref)
                     calibration_of_first = (stages.calibration_texts(calibration[source], filename,
-                                                                     cfg.calibration_samples, cfg.seed), cfg)
+                                                                     cfg.calibration_samples, cfg.seed,
+                                                                     sample=source == "generic"), cfg)
             ppl[label][domain] = statistics.mean(by_seed)
             if label == "curated":
                 spread[domain] = (max(by_seed) - min(by_seed)) / 2

@@ -299,12 +299,12 @@ def calibration_file(uri: str) -> tuple[Ref, str]:
     return {"uri": folder, "fingerprint": source_fingerprint(uri)}, filename
 
 
-def calibration_texts(ref: Ref, filename: str, n: int, seed: int) -> list[str]:
-    """Calibration documents in a seeded random order (the pruner reads them until it has its tokens); generic
-    text is a sample of the pool, curated text all of the curated set."""
+def calibration_texts(ref: Ref, filename: str, n: int, seed: int, sample: bool) -> list[str]:
+    """Calibration documents in a seeded random order (the pruner reads them until it has its tokens): with
+    ``sample`` (generic calibration) a sample of ``4 n`` of them, the pool being large; otherwise all of them."""
     texts = storage.read_parquet(storage.join(ref["uri"], filename), ["text"])["text"].to_pylist()
     order = np.random.default_rng(seed).permutation(len(texts))
-    if filename == "docs.parquet":
+    if sample:
         order = order[: n * 4]
     return [texts[i] for i in order]
 
@@ -314,7 +314,8 @@ def pruned(root: str, model: Ref, calibration: Ref, filename: str, cfg: PruneCon
     from finescope_core.prune import prune_model
 
     def work(out: str) -> dict:
-        texts = calibration_texts(calibration, filename, cfg.calibration_samples, cfg.seed)
+        texts = calibration_texts(calibration, filename, cfg.calibration_samples, cfg.seed,
+                                  sample=cfg.calibration == "generic")
         with storage.staged_directory(storage.join(out, "model")) as scratch:
             report = prune_model(model["uri"], texts, scratch, cfg, device)
             storage.write_json(str(scratch / "pruning.json"), report)
