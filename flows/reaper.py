@@ -1,8 +1,10 @@
 """A watchdog that takes the CLI's child processes with it when the CLI dies, kill -9 included.
 
 Prefect's temporary API server (and a local Dask cluster) are child processes of the CLI. A process killed with
-SIGKILL cannot stop them, so a separate process watches: it notes the CLI's descendants while the CLI lives and
-terminates them once the CLI is gone. Run as ``python -m flows.reaper PID``; ``start`` does that for this process.
+SIGKILL cannot stop them, so a separate process watches it. The CLI marks its environment with a token that every
+process it starts inherits; once the CLI is gone, the watchdog terminates the processes that carry the token (they
+are found even if the CLI started them a moment before it died). Run as ``python -m flows.reaper PID TOKEN``;
+``start`` does that for this process.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import psutil
+
+TOKEN = "FINESCOPE_CLI_TOKEN"
 
 
 def alive(process: psutil.Process) -> bool:
@@ -23,38 +28,46 @@ def alive(process: psutil.Process) -> bool:
         return False
 
 
-def watch(pid: int, interval: float = 0.2) -> None:
-    """Wait for process ``pid`` to end, then stop the descendants it had (terminate; kill after 5 s)."""
-    me = os.getpid()
+def marked(token: str) -> list[psutil.Process]:
+    """The running processes, this one excepted, whose environment carries ``token``."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and process.environ().get(TOKEN) == token:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def watch(pid: int, token: str, interval: float = 0.2) -> None:
+    """Wait for process ``pid`` to end, then stop the processes that carry ``token`` (terminate; kill after 5 s)."""
     try:
         parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    seen: list[psutil.Process] = []
-    while alive(parent):
-        try:
-            seen = [child for child in parent.children(recursive=True) if child.pid != me]
-        except psutil.NoSuchProcess:
-            break
+    except psutil.NoSuchProcess:  # died before this watchdog started
+        parent = None
+    while parent is not None and alive(parent):
         time.sleep(interval)
-    for child in seen:
+    left = marked(token)
+    for process in left:
         try:
-            child.terminate()
+            process.terminate()
         except psutil.NoSuchProcess:
             pass
-    for child in psutil.wait_procs(seen, timeout=5)[1]:
+    for process in psutil.wait_procs(left, timeout=5)[1]:
         try:
-            child.kill()
+            process.kill()
         except psutil.NoSuchProcess:
             pass
 
 
 def start() -> None:
-    """Start a watchdog over this process (in its own session, so that a Ctrl-C to the CLI's terminal leaves it to
-    do its job)."""
-    subprocess.Popen([sys.executable, "-m", "flows.reaper", str(os.getpid())], start_new_session=True,
+    """Mark this process's environment, so that the processes it starts from now on inherit the mark, and start a
+    watchdog over it (in its own session, so that a Ctrl-C to the CLI's terminal leaves it to do its job)."""
+    token = os.environ[TOKEN] = uuid.uuid4().hex  # a CLI started by another gets a mark of its own
+    subprocess.Popen([sys.executable, "-m", "flows.reaper", str(os.getpid()), token], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]))
+    watch(int(sys.argv[1]), sys.argv[2])

@@ -1,5 +1,5 @@
 """Faults during a run: two runs of one config at once, a run killed (SIGKILL) at each stage in turn, and an
-object store that goes away mid-run. Each run finishes, with the artifacts of an uninterrupted one."""
+object store restarted mid-run. Each run finishes, with the artifacts of an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -88,15 +88,15 @@ def test_a_run_killed_at_each_stage_resumes_to_the_artifacts_of_an_uninterrupted
     assert not hidden_leftovers(output)
 
 
-class Outage:
-    """A TCP proxy in front of a server that can go away for a while, as a restarted server does: open connections
-    are cut and new ones refused, then it listens again on the same port."""
+class Gate:
+    """A TCP proxy in front of a server: ``close`` cuts open connections and refuses new ones (the clients see the
+    server gone), ``open`` listens again on the same port."""
 
     def __init__(self, target: int, port: int):
         self.target, self.port, self.connections = target, port, []
-        self.listen()
+        self.open()
 
-    def listen(self) -> None:
+    def open(self) -> None:
         self.server = socket.create_server(("127.0.0.1", self.port))
         threading.Thread(target=self.accept, args=(self.server,), daemon=True).start()
 
@@ -106,17 +106,20 @@ class Outage:
                 client, _ = server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.connections += [client, upstream]
+            self.connections.append(client)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:  # the server is down: the client sees its connection dropped
+                close(client)
+                continue
+            self.connections.append(upstream)
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=pump, args=(source, sink), daemon=True).start()
 
-    def cut(self, seconds: float) -> None:
+    def close(self) -> None:
         self.server.close()
         for connection in self.connections:
             close(connection)
-        time.sleep(seconds)
-        self.listen()
 
 
 def pump(source: socket.socket, sink: socket.socket) -> None:
@@ -137,32 +140,46 @@ def close(connection: socket.socket) -> None:
     connection.close()
 
 
-def test_a_run_to_object_storage_survives_the_server_going_away(repo: Path, tmp_path: Path, free_port):
+def start_moto(port: int, recording: Path) -> subprocess.Popen:
+    """A moto S3 server that records every request to ``recording`` (a restarted one replays it to get its state
+    back: moto keeps its state in memory only)."""
+    env = {**os.environ, "MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(recording)}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return server
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "moto did not start"
+            time.sleep(0.1)
+
+
+def test_a_run_to_object_storage_survives_a_restart_of_the_server(repo: Path, tmp_path: Path, free_port):
+    import httpx
     import s3fs
 
-    port = free_port()
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, recording = free_port(), tmp_path / "moto-requests.jsonl"
+    servers = [start_moto(port, recording)]
     try:
         direct = s3fs.S3FileSystem(key="moto", secret="moto", endpoint_url=f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                direct.mkdir("bucket")
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.2)
-        proxy = Outage(port, free_port())
+        direct.mkdir("bucket")
+        gate = Gate(port, free_port())
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "AWS_ACCESS_KEY_ID": "moto",
-               "AWS_SECRET_ACCESS_KEY": "moto", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+               "AWS_SECRET_ACCESS_KEY": "moto", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{gate.port}"}
         run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--set",
                                 "output=s3://bucket/run"], cwd=repo, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
         while not direct.exists("bucket/run/acts") and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        proxy.cut(4)  # mid-run: during the activation dump or just after it
+        gate.close()  # mid-run, during the activation dump or just after it: the server goes away...
+        servers[0].terminate()
+        servers[0].wait(timeout=10)
+        servers.append(start_moto(port, recording))  # ...and comes back empty, then gets its state back
+        httpx.post(f"http://127.0.0.1:{port}/moto-api/recorder/replay-recording", timeout=120).raise_for_status()
+        gate.open()
         output, _ = run.communicate(timeout=900)
         assert run.returncode == 0, output[-3000:]
         direct.invalidate_cache()
@@ -171,5 +188,6 @@ def test_a_run_to_object_storage_survives_the_server_going_away(repo: Path, tmp_
                    for entry in manifest.values())
         assert {"acts", "sae", "curated", "pruned", "recovered", "report"} <= set(manifest)
     finally:
-        moto.terminate()
-        moto.wait(timeout=10)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
