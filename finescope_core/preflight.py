@@ -53,10 +53,11 @@ def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = Tr
         ) from None
 
 
-def readable(uri: str, field: str) -> None:
-    """Raise a one-line error if ``uri`` cannot be reached (missing credentials, no such bucket, no access)."""
+def exists(uri: str, field: str) -> bool:
+    """Whether ``uri`` exists; a one-line error if it cannot be reached (missing credentials, no such bucket, no
+    access)."""
     try:
-        storage.exists(uri)
+        return storage.exists(uri)
     except Exception as exc:  # botocore and s3fs raise their own types
         raise InputError(f"{field}={uri!r} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); check the URI "
                          "and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE)") from None
@@ -87,8 +88,7 @@ def null_count(metadata: pq.FileMetaData, column: str) -> int | None:
 def check_documents(uri: str, field: str) -> int:
     """The pool's documents: every shard readable, with string ``doc_id`` and ``text`` columns, no null and no
     duplicate ids, no null text. Returns the number of documents."""
-    readable(uri, field)
-    if not storage.exists(uri):
+    if not exists(uri, field):
         raise InputError(f"{field}={uri!r} does not exist; give a folder of *.parquet files")
     shards = storage.listdir(uri, ".parquet")
     if not shards:
@@ -132,8 +132,7 @@ def check_eval_sets(config: RunConfig) -> None:
                              f"{config.data.demo.domains}); add them to data.demo.domains or drop them")
         return
     uri = config.data.eval_sets
-    readable(uri, "data.eval_sets")
-    if not storage.exists(uri):
+    if not exists(uri, "data.eval_sets"):
         raise InputError(f"data.eval_sets={uri!r} does not exist; give a folder of <domain>/mc.parquet and "
                          "<domain>/text.parquet files")
     for domain in config.eval_domains:
