@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from finescope_core import stages, storage
-from finescope_core.config import DataConfig, DumpConfig, ModelConfig, SAEConfig, SelectConfig
-from finescope_core.corpus import DOMAINS
+from finescope_core.config import DOMAINS, DataConfig, DumpConfig, ModelConfig, SAEConfig, SelectConfig
 from finescope_core.embed import (
     minilm_embeddings,
     raw_activation_embeddings,
@@ -26,6 +25,7 @@ from finescope_core.embed import (
     selection_vectors,
     token_pooling,
 )
+from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
 from finescope_core.ngrams import NgramIndex
 from finescope_core.select import max_cosine, select_top
 
@@ -65,7 +65,7 @@ def main() -> None:
     model = stages.model_ref(model_cfg)
     corpus = stages.corpus(root, data)
     pool = stages.pool(root, corpus, data)
-    pool_table = storage.read_parquet(storage.join(pool["uri"], "docs.parquet"))
+    pool_table = storage.read_parquet(storage.join(pool["uri"], DOCS_FILE))
     order, texts = pool_table["doc_id"].to_pylist(), pool_table["text"].to_pylist()
     domains_of = np.array(pool_table["domain"].to_pylist())
     acts = stages.dump(root, model, pool, dump_cfg, model_cfg)
@@ -74,7 +74,7 @@ def main() -> None:
     layer = acts["info"]["layers"][0]
     pool_vectors = {
         "sae": aligned(order, *read_embeddings(storage.join(
-            stages.embeddings(root, acts, sae, pooling, "cpu")["uri"], "embeddings.parquet"))),
+            stages.embeddings(root, acts, sae, pooling, "cpu")["uri"], EMBEDDINGS_FILE))),
         "raw_act": aligned(order, *raw_activation_embeddings(storage.join(acts["uri"], "pooled"), layer)),
         "minilm": minilm_embeddings(texts),
     }
@@ -83,12 +83,12 @@ def main() -> None:
     precision = {f"precision_at_{m}": {method: {} for method in METHODS} for m in BUDGETS}
     for domain in DOMAINS:
         seeds = stages.seeds(root, str(REPO / "seeds" / f"{domain}.jsonl"))
-        seed_table = storage.read_parquet(storage.join(seeds["uri"], "docs.parquet"))
+        seed_table = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))
         seed_acts = stages.dump(root, model, seeds, dump_cfg, model_cfg)
         seed_ids = seed_table["doc_id"].to_pylist()
         seed_emb = stages.embeddings(root, seed_acts, sae, pooling, "cpu")
         seed_vectors = {
-            "sae": aligned(seed_ids, *read_embeddings(storage.join(seed_emb["uri"], "embeddings.parquet"))),
+            "sae": aligned(seed_ids, *read_embeddings(storage.join(seed_emb["uri"], EMBEDDINGS_FILE))),
             "raw_act": aligned(seed_ids, *raw_activation_embeddings(storage.join(seed_acts["uri"], "pooled"), layer)),
             "minilm": minilm_embeddings(seed_table["text"].to_pylist()),
         }

@@ -21,16 +21,10 @@ import pyarrow.compute as pc
 import torch
 
 from finescope_core import storage
-from finescope_core.activations import (
-    decoder_layers,
-    dump_activations,
-    plan_shards,
-    resolve_layers,
-    tokenize,
-    truncated,
-)
-from finescope_core.config import DumpConfig
-from finescope_core.corpus import CorpusConfig, build_demo_corpus
+from finescope_core.activations import dump_activations, plan_shards, resolve_layers, tokenize
+from finescope_core.config import CorpusConfig, DumpConfig
+from finescope_core.corpus import build_demo_corpus
+from finescope_core.model_structure import decoder_layers, truncated
 from finescope_core.models import load_model, load_tokenizer, resolve
 
 

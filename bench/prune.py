@@ -28,6 +28,7 @@ from common import REPO, cached, curated_refs
 from finescope_core import stages
 from finescope_core.config import PruneConfig, load_config
 from finescope_core.evaluate import document_scores, read_docs
+from finescope_core.formats import CURATED_FILE, DOCS_FILE
 from finescope_core.models import load_model, load_tokenizer
 
 VARIANTS = {  # label -> (calibration text, settings that differ from the config's)
@@ -119,7 +120,7 @@ def main() -> None:
             by_seed = []
             for seed in seeds:
                 cfg = base_prune.model_copy(update={"calibration": source, "seed": seed, **settings})
-                filename = "curated.parquet" if source == "curated" else "docs.parquet"
+                filename = CURATED_FILE if source == "curated" else DOCS_FILE
                 ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
                 folder = str(stages.model_folder(ref))
                 by_seed.append(held_out_ppl(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))

@@ -38,6 +38,7 @@ from common import REPO, cached, curated_refs, selection
 from finescope_core import stages
 from finescope_core.config import EvalConfig, RecoverConfig, RunConfig, load_config
 from finescope_core.evaluate import document_scores, read_docs, scoring_precision
+from finescope_core.formats import CURATED_FILE, DISTILLED_FILE
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.precision import resolve_precision
 from finescope_core.stats import bpb_ci, gap_closed, mean_ci, paired_bpb_difference, paired_difference
@@ -50,14 +51,14 @@ RESAMPLES = 2000
 def prepare(config: RunConfig, domain: str, arms: list[str]) -> dict:
     """The domain's pruned model and the training text of each arm asked for (each a cached stage)."""
     model, corpus, refs = curated_refs(config, domain)
-    pruned = stages.pruned(config.output, model, refs["curated"], "curated.parquet", config.prune, "cpu")
-    texts = {arm: (selection(config, domain, corpus, refs, arm), "curated.parquet")
+    pruned = stages.pruned(config.output, model, refs["curated"], CURATED_FILE, config.prune, "cpu")
+    texts = {arm: (selection(config, domain, corpus, refs, arm), CURATED_FILE)
              for arm in ("random", "minilm") if arm in arms}
-    texts |= {arm: (refs["curated"], "curated.parquet") for arm in ("curated", "dense_curated") if arm in arms}
+    texts |= {arm: (refs["curated"], CURATED_FILE) for arm in ("curated", "dense_curated") if arm in arms}
     prep = {"model": model, "pruned": pruned, "eval": corpus["eval_sets"], "texts": texts}
     if "curated_sdd" in arms:  # the unpruned model's rewrites: minutes of generation, so only when asked for
         distilled = stages.distilled(config.output, model, refs["curated"], config.distill, "cpu")
-        texts["curated_sdd"] = (distilled, "distilled.parquet")
+        texts["curated_sdd"] = (distilled, DISTILLED_FILE)
         prep["acceptance"] = distilled["info"]
     return prep
 

@@ -37,6 +37,7 @@ from common import REPO, curated_refs
 from finescope_core import stages, storage
 from finescope_core.config import RecoverConfig, load_config
 from finescope_core.evaluate import document_scores, read_docs
+from finescope_core.formats import CURATED_FILE
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.precision import bfloat16_is_native
 from finescope_core.recover import Distiller, reference_loss, trainable_student, training_windows, window_order
@@ -115,11 +116,11 @@ def main() -> None:
     torch.set_num_threads(1)
     config = load_config(args.config, {"output": args.output})
     model_ref, corpus, refs = curated_refs(config, args.domain)
-    pruned = stages.pruned(config.output, model_ref, refs["curated"], "curated.parquet", config.prune, "cpu")
+    pruned = stages.pruned(config.output, model_ref, refs["curated"], CURATED_FILE, config.prune, "cpu")
     student_dir, teacher_dir = stages.model_folder(pruned), model_ref["uri"]
     tokenizer = load_tokenizer(teacher_dir)
     cfg = RecoverConfig()
-    texts = storage.read_parquet(storage.join(refs["curated"]["uri"], "curated.parquet"), ["text"])["text"]
+    texts = storage.read_parquet(storage.join(refs["curated"]["uri"], CURATED_FILE), ["text"])["text"]
     windows = training_windows(tokenizer, texts.to_pylist(), cfg.sequence_tokens)
     batches = [windows[torch.arange(i * cfg.batch_sequences, (i + 1) * cfg.batch_sequences) % len(windows)]
                for i in range(steps)]

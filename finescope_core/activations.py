@@ -24,6 +24,7 @@ import torch
 from finescope_core import storage
 from finescope_core.config import DumpConfig
 from finescope_core.coordinates import sensitivity
+from finescope_core.formats import MANIFEST_FILE
 from finescope_core.model_structure import decoder_layers, truncated
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.progress import progress
@@ -182,7 +183,7 @@ def dump_activations(model_dir: str | Path, doc_ids: Sequence[str], texts: Seque
         "sample_rate": sample_rate,
         "expected_sample_tokens": math.floor(total_tokens * sample_rate),
     }
-    storage.write_json(storage.join(out_uri, "manifest.json"), manifest)
+    storage.write_json(storage.join(out_uri, MANIFEST_FILE), manifest)
     return {**manifest, "shards_reused": len(shards) - len(todo)}  # how this run got there: not in the artifact
 
 

@@ -7,20 +7,42 @@ a misspelt key or an out-of-range value is reported before any work starts, nami
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from finescope_core.corpus import CorpusConfig
-
-DOMAINS = ("medicine", "math", "science", "code", "general")
+Domain = Literal["medicine", "math", "science", "code", "general"]
+DOMAINS: tuple[str, ...] = get_args(Domain)
 
 
 class StageConfig(BaseModel):
     """Base of every stage config: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class CorpusConfig(StageConfig):
+    """Sizes and seed of the demo corpus; its JSON form is part of the build fingerprint."""
+
+    domains: list[Domain] = Field(
+        default_factory=lambda: list(DOMAINS), min_length=1, description="Domains to include, each once."
+    )
+    docs_per_domain: int = Field(
+        1500, ge=1, description="Pool documents per domain; an error if a domain's sources cannot provide that many."
+    )
+    eval_mc_per_domain: int = Field(1000, ge=1, description="Held-out cloze multiple-choice items per domain.")
+    eval_text_per_domain: int = Field(200, ge=1, description="Held-out perplexity documents per domain.")
+    max_chars: int = Field(3000, ge=200, description="Each document's text is cut to at most this many characters.")
+    shard_docs: int = Field(2000, ge=1, description="Pool documents per Parquet shard.")
+    seed: int = Field(0, description="Seed of every sampling and shuffling step.")
+
+    @field_validator("domains")
+    @classmethod
+    def _unique(cls, domains: list[str]) -> list[str]:
+        if len(set(domains)) != len(domains):
+            raise ValueError(f"data.demo.domains={domains}: each domain may appear only once")
+        return domains
 
 
 class ModelConfig(StageConfig):

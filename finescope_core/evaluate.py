@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,15 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finescope_core import storage
+from finescope_core.formats import (
+    EVAL_SET_FIX,
+    MC_FILE,
+    REQUIRED_MC_COLUMNS,
+    REQUIRED_TEXT_COLUMNS,
+    TEXT_FILE,
+    ClozeItem,
+    Document,
+)
 from finescope_core.models import ARTIFACT_CACHE, count_parameters, load_model, load_tokenizer
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
 from finescope_core.precision import resolve_precision
@@ -41,34 +49,7 @@ from finescope_core.stats import bootstrap_counts, bpb_ci, mean_ci, percentile_c
 if TYPE_CHECKING:
     from finescope_core.config import EvalConfig
 
-MC_COLUMNS = ("item_id", "context", "choices", "answer")
-TEXT_COLUMNS = ("doc_id", "text")
-EVAL_SET_FIX = (
-    "build the eval sets with the corpus stage, or point data.eval_sets at a folder holding "
-    "<domain>/mc.parquet and <domain>/text.parquet"
-)
-
 Sequence = tuple[list[int], int]  # token ids, and how many of the last ones are scored
-
-
-@dataclass(frozen=True)
-class MCItem:
-    """One cloze multiple-choice item: choices are continuations of ``context``."""
-
-    item_id: str
-    context: str
-    choices: list[str]
-    answer: int
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class Doc:
-    """One held-out document for perplexity."""
-
-    doc_id: str
-    text: str
-    source: str = ""
 
 
 def evaluate_model(
@@ -153,18 +134,18 @@ def by_source(docs: dict[str, list], items: dict[str, list]) -> dict[str, dict[s
 # ---------------------------------------------------------------------------------------------------- eval sets
 
 
-def read_mc_items(eval_uri: str, domain: str, limit: int) -> list[MCItem]:
+def read_mc_items(eval_uri: str, domain: str, limit: int) -> list[ClozeItem]:
     """The first ``limit`` items of a domain's ``mc.parquet``, checked: every item has choices and a valid answer."""
-    uri = storage.join(eval_uri, domain, "mc.parquet")
-    rows = _read_head(uri, MC_COLUMNS, limit, optional=("source",)).to_pylist()
-    items = [MCItem(str(r["item_id"]), r["context"] or "", list(r["choices"] or []), r["answer"], r.get("source") or "")
-             for r in rows]
+    uri = storage.join(eval_uri, domain, MC_FILE)
+    rows = _read_head(uri, REQUIRED_MC_COLUMNS, limit, optional=("source",)).to_pylist()
+    items = [ClozeItem(str(r["item_id"]), r["context"] or "", tuple(r["choices"] or ()), r["answer"],
+                       r.get("source") or "") for r in rows]
     for item in items:
         _check_item(uri, item)
     return items
 
 
-def _check_item(uri: str, item: MCItem) -> None:
+def _check_item(uri: str, item: ClozeItem) -> None:
     where = f"{uri}: item {item.item_id!r}"
     if not item.choices:
         raise ValueError(f"{where} has no choices; give each item at least two choices or drop it")
@@ -176,11 +157,11 @@ def _check_item(uri: str, item: MCItem) -> None:
         )
 
 
-def read_docs(eval_uri: str, domain: str, limit: int) -> list[Doc]:
+def read_docs(eval_uri: str, domain: str, limit: int) -> list[Document]:
     """The first ``limit`` documents of a domain's ``text.parquet``; each must have text."""
-    uri = storage.join(eval_uri, domain, "text.parquet")
-    rows = _read_head(uri, TEXT_COLUMNS, limit, optional=("source",)).to_pylist()
-    docs = [Doc(str(r["doc_id"]), r["text"] or "", r.get("source") or "") for r in rows]
+    uri = storage.join(eval_uri, domain, TEXT_FILE)
+    rows = _read_head(uri, REQUIRED_TEXT_COLUMNS, limit, optional=("source",)).to_pylist()
+    docs = [Document(str(r["doc_id"]), r["text"] or "", r.get("source") or "") for r in rows]
     for doc in docs:
         if not doc.text.strip():
             raise ValueError(f"{uri}: document {doc.doc_id!r} has no text; drop it from the eval set")
@@ -288,7 +269,7 @@ def _batch_logprobs(model: PreTrainedModel, batch: list[Sequence]) -> list[float
 
 
 def document_scores(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Doc], max_tokens: int, batch_size: int
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[Document], max_tokens: int, batch_size: int
 ) -> dict[str, list]:
     """Per document truncated to ``max_tokens`` tokens: its NLL (nats), scored tokens and the UTF-8 bytes they cover.
 
@@ -321,7 +302,7 @@ def truncate_docs(
 def item_scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    items: list[MCItem],
+    items: list[ClozeItem],
     batch_size: int,
     max_tokens: int | None = None,
 ) -> dict[str, list]:
@@ -339,7 +320,7 @@ def item_scores(
             "correct": [int(c) for c in correct], "margin": margins}
 
 
-def predict_scores(item: MCItem, logliks: np.ndarray) -> np.ndarray:
+def predict_scores(item: ClozeItem, logliks: np.ndarray) -> np.ndarray:
     """Length-normalised scores: log-likelihood per character of each choice (lm-eval's ``acc_norm``)."""
     return logliks / np.array([len(c) for c in item.choices], dtype=np.float64)
 
@@ -347,7 +328,7 @@ def predict_scores(item: MCItem, logliks: np.ndarray) -> np.ndarray:
 def choice_logliks(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    items: list[MCItem],
+    items: list[ClozeItem],
     batch_size: int,
     max_tokens: int | None = None,
 ) -> list[np.ndarray]:

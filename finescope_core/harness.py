@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from finescope_core import storage
+from finescope_core.formats import MC_FILE
 
 TASK_PREFIX = "finescope_"
 
@@ -27,7 +28,7 @@ def write_eval_set_tasks(eval_uri: str, domains: list[str], folder: Path) -> lis
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for domain in domains:
-        table = storage.read_parquet(storage.join(eval_uri, domain, "mc.parquet"), ["context", "choices", "answer"])
+        table = storage.read_parquet(storage.join(eval_uri, domain, MC_FILE), ["context", "choices", "answer"])
         data = folder / f"{domain}.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
         name = eval_set_task_name(domain)

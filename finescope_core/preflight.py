@@ -15,11 +15,10 @@ import pyarrow.parquet as pq
 
 from finescope_core import storage
 from finescope_core.config import RunConfig
+from finescope_core.formats import MC_FILE, REQUIRED_DOC_COLUMNS, TEXT_FILE
 from finescope_core.models import resolve
 from finescope_core.prune import SUPPORTED
 from finescope_core.stages import read_seeds
-
-EVAL_FILES = ("mc.parquet", "text.parquet")
 
 
 class InputError(ValueError):
@@ -98,7 +97,7 @@ def check_documents(uri: str, field: str) -> int:
     for shard in shards:
         metadata = parquet_metadata(shard, field)
         columns = metadata.schema.to_arrow_schema()
-        for column in ("doc_id", "text"):
+        for column in REQUIRED_DOC_COLUMNS:
             if column not in columns.names:
                 raise InputError(f"{field}: {shard} has no {column!r} column (it has {columns.names}); each shard "
                                  "needs doc_id and text")
@@ -136,7 +135,7 @@ def check_eval_sets(config: RunConfig) -> None:
         raise InputError(f"data.eval_sets={uri!r} does not exist; give a folder of <domain>/mc.parquet and "
                          "<domain>/text.parquet files")
     for domain in config.eval_domains:
-        files = [name for name in EVAL_FILES if storage.exists(storage.join(uri, domain, name))]
+        files = [name for name in (MC_FILE, TEXT_FILE) if storage.exists(storage.join(uri, domain, name))]
         if not files:
             raise InputError(f"eval_domains: no eval set for {domain!r} under data.eval_sets={uri!r} (expected "
                              f"{domain}/mc.parquet or {domain}/text.parquet); add one or drop the domain")

@@ -18,6 +18,7 @@ from finescope_core import storage
 from finescope_core.activations import layer_rows, vectors
 from finescope_core.config import SAEConfig
 from finescope_core.coordinates import top_coordinates
+from finescope_core.formats import METRICS_FILE
 
 EVAL_TOKENS = 20_000
 COORDINATES = "coordinates.json"
@@ -126,7 +127,7 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
         inference = sl.SAE.load_from_disk(str(scratch), device=device)
         metrics = {"layer": layer, "d_in": d_in, "d_sae": d_in * cfg.expansion, "steps": steps,
                    **quality(inference, eval_acts)}
-        storage.write_json(str(scratch / "metrics.json"), metrics)
+        storage.write_json(str(scratch / METRICS_FILE), metrics)
         if coordinates is not None:
             storage.write_json(str(scratch / COORDINATES), coordinates)
     return metrics

@@ -26,13 +26,20 @@ from finescope_core.config import (
     SelectConfig,
 )
 from finescope_core.corpus import build_demo_corpus, corpus_fingerprint
+from finescope_core.formats import (
+    CURATED_FILE,
+    DISTILLED_FILE,
+    DOC_COLUMNS,
+    DOCS_FILE,
+    EMBEDDINGS_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    REQUIRED_DOC_COLUMNS,
+    Ref,
+)
 from finescope_core.models import ARTIFACT_CACHE, resolve
 from finescope_core.precision import resolve_precision
 from finescope_core.stage import numerics, run_stage, source_fingerprint
-
-Ref = dict
-
-DOC_COLUMNS = ("doc_id", "text", "domain", "source", "prompt", "response")
 
 
 def model_ref(cfg: ModelConfig) -> Ref:
@@ -77,7 +84,7 @@ def pool(root: str, corpus_ref: Ref, cfg: DataConfig, seed: int = 0) -> Ref:
         if cfg.max_pool_docs and cfg.max_pool_docs < len(table):
             keep = np.sort(np.random.default_rng(seed).choice(len(table), cfg.max_pool_docs, replace=False))
             table = table.take(keep)
-        storage.write_parquet(table, storage.join(out, "docs.parquet"))
+        storage.write_parquet(table, storage.join(out, DOCS_FILE))
         return {"n_docs": len(table)}
 
     return run_stage(root, "pool", {"corpus": corpus_ref}, {"max_pool_docs": cfg.max_pool_docs, "seed": seed}, work)
@@ -88,7 +95,7 @@ def shard(root: str, shard_uri: str) -> Ref:
 
     def work(out: str) -> dict:
         table = _documents(storage.read_parquet(shard_uri), f"data.pool shard {shard_uri}")
-        storage.write_parquet(table, storage.join(out, "docs.parquet"))
+        storage.write_parquet(table, storage.join(out, DOCS_FILE))
         return {"n_docs": len(table), "shard": shard_uri}
 
     return run_stage(root, "pool", {"shard": source_fingerprint(shard_uri)}, None, work)
@@ -96,7 +103,7 @@ def shard(root: str, shard_uri: str) -> Ref:
 
 def _documents(table: pa.Table, where: str) -> pa.Table:
     """The table with the document columns (missing optional ones as nulls); named errors for unusable input."""
-    missing = {"doc_id", "text"} - set(table.column_names)
+    missing = set(REQUIRED_DOC_COLUMNS) - set(table.column_names)
     if missing:
         raise ValueError(f"{where}: lacks column(s) {sorted(missing)}; each shard needs doc_id and text")
     if len(table) == 0:
@@ -113,14 +120,14 @@ def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref]) -> Ref:
     from finescope_core.embed import read_embeddings, write_embeddings
 
     def work(out: str) -> dict:
-        docs = pa.concat_tables([storage.read_parquet(storage.join(ref["uri"], "docs.parquet")) for ref in shards])
+        docs = pa.concat_tables([storage.read_parquet(storage.join(ref["uri"], DOCS_FILE)) for ref in shards])
         ids, matrices = [], []
         for ref in embeddings_refs:
-            shard_ids, matrix = read_embeddings(storage.join(ref["uri"], "embeddings.parquet"))
+            shard_ids, matrix = read_embeddings(storage.join(ref["uri"], EMBEDDINGS_FILE))
             ids += shard_ids
             matrices.append(matrix)
-        storage.write_parquet(docs, storage.join(out, "docs.parquet"))
-        write_embeddings(ids, np.concatenate(matrices), storage.join(out, "embeddings.parquet"))
+        storage.write_parquet(docs, storage.join(out, DOCS_FILE))
+        write_embeddings(ids, np.concatenate(matrices), storage.join(out, EMBEDDINGS_FILE))
         return {"n_docs": len(docs), "shards": len(shards)}
 
     inputs = {"shards": storage.fingerprint(*[ref["fingerprint"] for ref in shards]),
@@ -161,7 +168,7 @@ def seeds(root: str, path: str) -> Ref:
     table = read_seeds(path)
 
     def work(out: str) -> dict:
-        storage.write_parquet(table, storage.join(out, "docs.parquet"))
+        storage.write_parquet(table, storage.join(out, DOCS_FILE))
         return {"n_docs": len(table), "source": path}
 
     return run_stage(root, "seeds", {"file": storage.sha256_uri(path)[:16]}, None, work)
@@ -172,7 +179,7 @@ def dump(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConf
     from finescope_core.activations import dump_activations
 
     def work(out: str) -> dict:
-        table = storage.read_parquet(storage.join(docs["uri"], "docs.parquet"), ["doc_id", "text"])
+        table = storage.read_parquet(storage.join(docs["uri"], DOCS_FILE), ["doc_id", "text"])
         return dump_activations(model["uri"], table["doc_id"].to_pylist(), table["text"].to_pylist(), out, cfg,
                                 model_cfg.device, model_cfg.dtype)
 
@@ -204,7 +211,7 @@ def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) ->
         model, coordinates = load_sae(sae_ref["uri"], device)
         tokens = storage.join(acts["uri"], "tokens")
         ids, matrix = embed_with_sae(tokens, acts["info"]["layers"][0], model, pooling, coordinates)
-        write_embeddings(ids, matrix, storage.join(out, "embeddings.parquet"))
+        write_embeddings(ids, matrix, storage.join(out, EMBEDDINGS_FILE))
         return {"n_docs": len(ids), "dim": int(matrix.shape[1])}
 
     return run_stage(root, "embeddings", {"acts": acts, "sae": sae_ref, **numerics(device)}, {"pooling": pooling},
@@ -223,8 +230,8 @@ def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table
 
     pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
     if cfg.method == "sae":
-        docs = _aligned(pool_ids, *read_embeddings(storage.join(refs["pool_emb"]["uri"], "embeddings.parquet")))
-        seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], "embeddings.parquet")))
+        docs = _aligned(pool_ids, *read_embeddings(storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE)))
+        seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], EMBEDDINGS_FILE)))
         return selection_vectors(docs, seeds_, cfg.pooling, cfg.power)
     if cfg.method == "raw_act":
         layer = refs["pool_acts"]["info"]["layers"][0]
@@ -261,8 +268,8 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
     from finescope_core.select import max_cosine, select_top
 
     def work(out: str) -> dict:
-        pool_table = storage.read_parquet(storage.join(pool_ref["uri"], "docs.parquet"))
-        seed_table = storage.read_parquet(storage.join(seeds_ref["uri"], "docs.parquet"))
+        pool_table = storage.read_parquet(storage.join(pool_ref["uri"], DOCS_FILE))
+        seed_table = storage.read_parquet(storage.join(seeds_ref["uri"], DOCS_FILE))
         docs, seed_vectors = method_vectors(cfg, pool_table, seed_table, vectors_refs)
         scores = (np.random.default_rng(cfg.seed).random(len(docs)) if cfg.method == "random"
                   else max_cosine(docs, seed_vectors))
@@ -273,7 +280,7 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
         table = table.append_column("score", pa.array(chosen.scores, pa.float32()))
         table = table.append_column("rank", pa.array(range(1, len(chosen.indices) + 1), pa.int32()))
         table = table.append_column("method", pa.array([cfg.method] * len(table)))
-        storage.write_parquet(table, storage.join(out, "curated.parquet"))
+        storage.write_parquet(table, storage.join(out, CURATED_FILE))
         domains = table["domain"].to_pylist()
         return {"n_docs": len(table), "skipped": chosen.skipped, "method": cfg.method, "seeds": seeds_ref["info"],
                 "domains": {d: domains.count(d) for d in sorted(set(filter(None, domains)))}}
@@ -342,9 +349,9 @@ def distilled(root: str, teacher: Ref, curated_ref: Ref, cfg: DistillConfig, dev
     from finescope_core.distill import distill_documents
 
     def work(out: str) -> dict:
-        rows = storage.read_parquet(storage.join(curated_ref["uri"], "curated.parquet")).to_pylist()
+        rows = storage.read_parquet(storage.join(curated_ref["uri"], CURATED_FILE)).to_pylist()
         table, info = distill_documents(model_folder(teacher), rows, cfg, device)
-        storage.write_parquet(pa.Table.from_pylist(table), storage.join(out, "distilled.parquet"))
+        storage.write_parquet(pa.Table.from_pylist(table), storage.join(out, DISTILLED_FILE))
         return info
 
     return run_stage(root, "distilled", {"teacher": teacher, "curated": curated_ref, **numerics(device)}, cfg, work)
@@ -384,7 +391,7 @@ def evaluation(root: str, model: Ref, eval_ref: Ref, domains: list[str], cfg: Ev
 
     def work(out: str) -> dict:
         result = evaluate_model(folder, eval_ref["uri"], domains, cfg, model_cfg.device, model_cfg.dtype)
-        storage.write_json(storage.join(out, "metrics.json"), result)
+        storage.write_json(storage.join(out, METRICS_FILE), result)
         return {key: value for key, value in result.items() if key != "units"}
 
     inputs = {"model": model, "eval": eval_ref, **numerics(model_cfg.device, model_cfg.dtype)}
@@ -393,7 +400,7 @@ def evaluation(root: str, model: Ref, eval_ref: Ref, domains: list[str], cfg: Ev
 
 def eval_results(ref: Ref) -> dict:
     """An eval stage's whole output, per-unit scores included."""
-    return storage.read_json(storage.join(ref["uri"], "metrics.json"))
+    return storage.read_json(storage.join(ref["uri"], METRICS_FILE))
 
 
 def speed(root: str, models: dict[str, Ref], model_cfg: ModelConfig) -> Ref:
@@ -446,6 +453,6 @@ def write_manifest(root: str, refs: dict[str, Ref | list[Ref]]) -> str:
     for name, ref in named:
         marker = storage.read_marker(ref["uri"]) if storage.is_complete(ref["uri"]) else {}
         entries[name] = {"uri": ref["uri"], "fingerprint": ref["fingerprint"], "files": marker.get("files", {})}
-    uri = storage.join(root, "manifest.json")
+    uri = storage.join(root, MANIFEST_FILE)
     storage.write_json(uri, {"artifacts": entries})
     return uri

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
+from finescope_core.formats import CURATED_FILE, DISTILLED_FILE
 from flows.curate import curate
 from flows.prune import calibration_of
 from tasks.stages import (
@@ -21,9 +22,9 @@ from tasks.stages import (
 def recovery_text(config: RunConfig, refs: dict) -> tuple[dict, str, dict | None]:
     """What recovery trains on: the curated documents, or their self-distilled rewrites (and that stage's ref)."""
     if config.recover.targets == "curated":
-        return refs["curated"], "curated.parquet", None
+        return refs["curated"], CURATED_FILE, None
     distilled = distill_targets(config.output, refs["model"], refs["curated"], config.distill, config.model.device)
-    return distilled, "distilled.parquet", distilled
+    return distilled, DISTILLED_FILE, distilled
 
 
 def stage_details(recovered: dict, distilled: dict | None) -> dict[str, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
+from finescope_core.formats import CURATED_FILE, DOCS_FILE
 from flows.curate import curate
 from tasks.stages import calibration_source, prune_model, resolve_model
 
@@ -29,5 +30,5 @@ def prune(config: RunConfig, calibration: str | None = None) -> dict:
 def calibration_of(config: RunConfig, curate_refs: dict) -> tuple[dict, str]:
     """The calibration text the config asks for: the curated documents, or the pool for generic calibration."""
     if config.prune.calibration == "curated":
-        return curate_refs["curated"], "curated.parquet"
-    return curate_refs["pool"], "docs.parquet"
+        return curate_refs["curated"], CURATED_FILE
+    return curate_refs["pool"], DOCS_FILE

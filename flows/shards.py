@@ -11,9 +11,8 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from finescope_core.config import DumpConfig, ModelConfig, RunnerConfig
+from finescope_core.formats import Ref
 from tasks.stages import dump_activations, embed_documents
-
-Ref = dict
 
 
 def task_runner(cfg: RunnerConfig):

@@ -21,9 +21,8 @@ from finescope_core.config import (
     SAEConfig,
     SelectConfig,
 )
+from finescope_core.formats import Ref
 from tasks.caching import RETRY_IO, io_task, stage_cache_key
-
-Ref = dict
 
 stage_task = task(cache_key_fn=stage_cache_key, persist_result=True, **RETRY_IO)
 

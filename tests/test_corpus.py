@@ -1,4 +1,4 @@
-"""Tests of corpus.py (the demo corpus builder), ngrams.py and the hand-written seed files; no model is involved."""
+"""Tests of the corpus package (the demo corpus builder), ngrams.py and the seed files; no model is involved."""
 
 from __future__ import annotations
 
@@ -17,19 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finescope_core import corpus
-from finescope_core.corpus import (
-    DOMAIN_SOURCES,
-    DOMAINS,
-    CorpusConfig,
-    Doc,
-    McItem,
-    Unit,
-    allocate,
-    build_demo_corpus,
-    fit,
-    split_domain,
-)
+from finescope_core.config import DOMAINS, CorpusConfig
+from finescope_core.corpus import build_demo_corpus
+from finescope_core.corpus import split as corpus_split
+from finescope_core.corpus.python_source import code_chunks
+from finescope_core.corpus.records import Unit
+from finescope_core.corpus.sources import DOMAIN_SOURCES
+from finescope_core.corpus.split import allocate, fit, split_domain
+from finescope_core.formats import ClozeItem, Document
 from finescope_core.ngrams import NgramIndex, count_overlaps, ngrams, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +48,7 @@ def _eval_rows(out: Path, kind: str) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# corpus.py
+# the corpus package
 
 
 def test_pool_schema_and_counts(built: tuple[Path, dict[str, Any]], pool: list[dict[str, Any]]) -> None:
@@ -162,18 +157,18 @@ def _fake_source(domain: str, source: str) -> list[Unit]:
     """40 records per source: documents for pool sources, cloze items for the others."""
     words = " ".join(f"{source}{j}" for j in range(25))
     if source in DOMAIN_SOURCES[domain].pool:
-        return [Unit(docs=(Doc(f"{i:03d}", f"{i} {words}"),)) for i in range(40)]
-    return [Unit(mc=McItem(f"{i:03d}", f"Question {i}?\nAnswer:", (" yes", " no"), 0)) for i in range(40)]
+        return [Unit(docs=(Document(f"{i:03d}", f"{i} {words}"),)) for i in range(40)]
+    return [Unit(mc=ClozeItem(f"{i:03d}", f"Question {i}?\nAnswer:", (" yes", " no"), 0)) for i in range(40)]
 
 
 def test_split_is_seeded_balanced_and_disjoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(corpus, "load_source", _fake_source)
+    monkeypatch.setattr(corpus_split, "load_source", _fake_source)
     cfg = CorpusConfig(domains=["math"], docs_per_domain=10, eval_mc_per_domain=5, eval_text_per_domain=6)
 
     def split(seed: int) -> tuple[list[str], list[str], dict[str, list[str]]]:
         s = split_domain("math", cfg.model_copy(update={"seed": seed}))
-        candidates = {source: [d.key for d in docs] for source, docs in s.candidates.items()}
-        return [f"{src}/{i.key}" for src, i in s.mc], [f"{src}/{d.key}" for src, d in s.text], candidates
+        candidates = {source: [d.doc_id for d in docs] for source, docs in s.candidates.items()}
+        return [f"{src}/{i.item_id}" for src, i in s.mc], [f"{src}/{d.doc_id}" for src, d in s.text], candidates
 
     mc, text, candidates = split(0)
     assert split(0) == (mc, text, candidates) and split(1) != (mc, text, candidates)
@@ -188,8 +183,8 @@ def test_code_chunks_are_the_top_level_definitions(module: str) -> None:
     definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     starts = [min([n.lineno, *(d.lineno for d in n.decorator_list)]) for n in ast.parse(source).body
               if isinstance(n, definitions)]  # fmt: skip
-    chunks = corpus._code_chunks(module, source)
-    assert [d.key for d in chunks] == [f"{module}:{line}" for line in starts]
+    chunks = code_chunks(module, source)
+    assert [d.doc_id for d in chunks] == [f"{module}:{line}" for line in starts]
     for chunk in chunks:
         ast.parse(chunk.text)
 
@@ -202,10 +197,10 @@ def test_allocate_balances_and_redistributes() -> None:
 
 def test_fit_cuts_the_response_and_drops_short_documents() -> None:
     prompt, response = "Question: " + "why " * 30, "because " * 200
-    doc = fit(Doc("k", prompt + "\nAnswer: " + response, prompt, response), 400)
+    doc = fit(Document("k", prompt + "\nAnswer: " + response, prompt=prompt, response=response), 400)
     assert doc is not None and len(doc.text) <= 400
     assert doc.text.startswith(prompt) and doc.text.endswith(doc.response) and doc.prompt == prompt
-    assert fit(Doc("k", "too short to keep"), 400) is None
+    assert fit(Document("k", "too short to keep"), 400) is None
 
 
 # ------------------------------------------------------------------------------------------------------------------

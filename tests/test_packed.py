@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from finescope_core import evaluate
-from finescope_core.evaluate import MCItem, choice_logliks, cloze_sequences, continuation_logprobs
+from finescope_core.evaluate import choice_logliks, cloze_sequences, continuation_logprobs
+from finescope_core.formats import ClozeItem
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
 
 ITEMS = [
-    MCItem("short", "Question: what is 2 + 2?\nAnswer:", [" 4", " five", " twenty-two point zero"], 0),
-    MCItem("code", "def add(a, b):\n    return", [" a + b", " a * b", " print(a + b)", " (a, b)", " b"], 0),
-    MCItem("long", "Question: " + "a patient presents with fever and a rash " * 6 + "\nAnswer:",
+    ClozeItem("short", "Question: what is 2 + 2?\nAnswer:", [" 4", " five", " twenty-two point zero"], 0),
+    ClozeItem("code", "def add(a, b):\n    return", [" a + b", " a * b", " print(a + b)", " (a, b)", " b"], 0),
+    ClozeItem("long", "Question: " + "a patient presents with fever and a rash " * 6 + "\nAnswer:",
            [" measles", " a viral exanthem of childhood", " drug reaction"], 1),
 ]
 

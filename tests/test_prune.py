@@ -134,13 +134,14 @@ def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, 
     LLM-Pruner's first-order Taylor scoring without refit, at the same 25% cut and calibration text."""
     import json
 
-    from finescope_core.evaluate import Doc, document_scores
+    from finescope_core.evaluate import document_scores
+    from finescope_core.formats import Document
 
     texts = [json.loads(line)["text"] for path in sorted((repo / "seeds").glob("*.jsonl"))
              for line in path.read_text().splitlines() if line.strip()]
     held_out, calibration = texts[::5], [t for i, t in enumerate(texts) if i % 5]
     tokenizer = load_tokenizer(smollm2)
-    docs = [Doc(str(i), text) for i, text in enumerate(held_out)]
+    docs = [Document(str(i), text) for i, text in enumerate(held_out)]
     ppl = {}
     for label, settings in {"default": {}, "taylor": {"importance": "taylor", "reconstruct": False}}.items():
         cfg = PruneConfig(ratio=0.25, calibration_samples=32, **settings)
