@@ -68,7 +68,7 @@ def main() -> None:
     pool_table = storage.read_parquet(storage.join(pool["uri"], DOCS_FILE))
     order, texts = pool_table["doc_id"].to_pylist(), pool_table["text"].to_pylist()
     domains_of = np.array(pool_table["domain"].to_pylist())
-    acts = stages.dump(root, model, pool, dump_cfg, model_cfg)
+    acts = stages.acts(root, model, pool, dump_cfg, model_cfg)
     sae = stages.sae(root, acts, sae_cfg, model_cfg.device)
     pooling = token_pooling(args.pooling)
     layer = acts["info"]["layers"][0]
@@ -84,7 +84,7 @@ def main() -> None:
     for domain in DOMAINS:
         seeds = stages.seeds(root, str(REPO / "seeds" / f"{domain}.jsonl"))
         seed_table = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))
-        seed_acts = stages.dump(root, model, seeds, dump_cfg, model_cfg)
+        seed_acts = stages.acts(root, model, seeds, dump_cfg, model_cfg)
         seed_ids = seed_table["doc_id"].to_pylist()
         seed_emb = stages.embeddings(root, seed_acts, sae, pooling, "cpu")
         seed_vectors = {

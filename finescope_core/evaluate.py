@@ -40,7 +40,7 @@ from finescope_core.formats import (
     ClozeItem,
     Document,
 )
-from finescope_core.models import ARTIFACT_CACHE, count_parameters, load_model, load_tokenizer
+from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
 from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
@@ -196,7 +196,7 @@ def _read_head(uri: str, columns: tuple[str, ...], limit: int, optional: tuple[s
 
 def _local_model_dir(model_dir: str | Path) -> Path:
     """A local copy of the model folder (downloaded once for an object-storage URI), checked to be a model folder."""
-    folder = storage.fetch_directory(str(model_dir), ARTIFACT_CACHE)
+    folder = storage.fetch_directory(str(model_dir))
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
             f"{folder / 'config.json'} not found: model_dir must be a transformers folder written by save_pretrained"

@@ -7,7 +7,6 @@ once into a cache folder, written to a temporary folder and renamed into place, 
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -19,8 +18,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from finescope_core import storage
 
-DEFAULT_CACHE = Path(os.environ.get("FINESCOPE_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
-ARTIFACT_CACHE = DEFAULT_CACHE / "artifacts"  # local copies of folder artifacts kept in object storage
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _LOADING = threading.Lock()  # from_pretrained builds models on a process-wide meta device: one load at a time
@@ -73,7 +70,7 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def resolve(name: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
+def resolve(name: str, cache_dir: Path = storage.LOCAL_CACHE) -> Path:
     """A local transformers folder for ``name``: a registry name, a local folder, or a hub id."""
     if name in REGISTRY:
         target = cache_dir / "models" / name

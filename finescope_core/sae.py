@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,11 +132,9 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
     return metrics
 
 
-def load_sae(uri: str, device: str = "cpu", cache_root: Path | None = None) -> tuple[object, list[int] | None]:
+def load_sae(uri: str, device: str = "cpu") -> tuple[object, list[int] | None]:
     """An inference SAE from a folder written by ``fit_sae`` (local or remote), and the activation coordinates it
     reads (None: all of them)."""
-    from finescope_core.models import ARTIFACT_CACHE
-
-    folder = storage.fetch_directory(uri, cache_root or ARTIFACT_CACHE)
+    folder = storage.fetch_directory(uri)
     coordinates = storage.read_json(str(folder / COORDINATES)) if (folder / COORDINATES).exists() else None
     return _sae_lens().SAE.load_from_disk(str(folder), device=device), coordinates

@@ -1,19 +1,22 @@
 """Every pipeline stage as a function over URIs and a typed config, content-addressed under the run root.
 
-Each function takes references to its inputs (``{"uri", "fingerprint", ...}`` dicts returned by earlier stages),
-does its work once (see ``stage.run_stage``) and returns a reference to its output. Orchestrators (the Prefect tasks)
-only pass these small dicts around, never tensors or models.
+Each function takes references to its inputs (``formats.Ref``: ``uri``, ``fingerprint``, ``info``, returned by earlier
+stages), does its work once (see ``addressing.run_stage``) and returns a reference to its output. Orchestrators (the
+Prefect tasks) only pass these small dicts around, never tensors or models. A stage's function is named after its
+folder under the run root (``acts``, ``sae``, ``curated``...), its output files after ``formats``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from finescope_core import storage
+from finescope_core import sae_reuse, storage
+from finescope_core.addressing import numerics, run_stage, source_fingerprint
 from finescope_core.config import (
     DataConfig,
     DistillConfig,
@@ -37,9 +40,10 @@ from finescope_core.formats import (
     REQUIRED_DOC_COLUMNS,
     Ref,
 )
-from finescope_core.models import ARTIFACT_CACHE, resolve
+from finescope_core.models import resolve
+from finescope_core.pool_shards import shard_uris
 from finescope_core.precision import resolve_precision
-from finescope_core.stage import numerics, run_stage, source_fingerprint
+from finescope_core.sae_reuse import SaeChoice
 
 
 def model_ref(cfg: ModelConfig) -> Ref:
@@ -54,8 +58,7 @@ def corpus(root: str, cfg: DataConfig) -> Ref:
     are identified by content, read each call: a shard added to a pool or an eval set edited in place is new input.
     ``eval`` is the eval sets' URI (None without any), ``eval_sets`` their reference."""
     if cfg.pool:
-        if not storage.listdir(cfg.pool, ".parquet"):
-            raise FileNotFoundError(f"data.pool={cfg.pool!r} holds no Parquet shards; give a folder of *.parquet")
+        shard_uris(cfg.pool)  # raises, naming the field, when there are none
         sets = eval_sets(cfg.eval_sets)
         fingerprint = storage.fingerprint(source_fingerprint(cfg.pool), sets["fingerprint"] if sets else None)
         return {"uri": cfg.pool, "pool": cfg.pool, "fingerprint": fingerprint, "eval": cfg.eval_sets,
@@ -174,7 +177,7 @@ def seeds(root: str, path: str) -> Ref:
     return run_stage(root, "seeds", {"file": storage.sha256_uri(path)[:16]}, None, work)
 
 
-def dump(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConfig) -> Ref:
+def acts(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConfig) -> Ref:
     """Residual-stream activations of ``docs`` (per token, pooled, and an SAE training sample)."""
     from finescope_core.activations import dump_activations
 
@@ -200,6 +203,16 @@ def sae(root: str, acts: Ref | list[Ref], cfg: SAEConfig, device: str) -> Ref:
     return run_stage(root, "sae", {"acts": identity, **numerics(device)}, cfg,
                      lambda out: fit_sae(samples, layer, out, cfg, device, sensitivity),
                      ignore=frozenset({"refit_drift"}))  # a decision about refitting, not part of the SAE
+
+
+def incremental_sae(root: str, state: str, acts: list[Ref], cfg: SAEConfig, device: str = "cpu") -> SaeChoice:
+    """The SAE of an incrementally curated pool: fitted the first time, then reused or refit on every shard as
+    ``sae_reuse`` decides from the state at ``state``, which records the outcome."""
+    choice = sae_reuse.decide(state, acts, cfg, device)
+    if choice.sae is None:
+        choice = replace(choice, sae=sae(root, acts, cfg, device))
+    sae_reuse.record(state, choice, acts)
+    return choice
 
 
 def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) -> Ref:
@@ -339,7 +352,7 @@ def with_model(ref: Ref) -> Ref:
 
 def model_folder(ref: Ref) -> Path:
     """A local copy of the model folder a reference names."""
-    return storage.fetch_directory(ref["model_uri"], ARTIFACT_CACHE)
+    return storage.fetch_directory(ref["model_uri"])
 
 
 def distilled(root: str, teacher: Ref, curated_ref: Ref, cfg: DistillConfig, device: str) -> Ref:
@@ -431,7 +444,7 @@ def report(root: str, results: dict[str, Ref], title: str, speed_ref: Ref | None
     return run_stage(root, "report", inputs, settings, work)
 
 
-def sweep_report(root: str, results: dict[str, Ref], ratios: dict[str, float], domain: str, metric: str,
+def sweep(root: str, results: dict[str, Ref], ratios: dict[str, float], domain: str, metric: str,
                  keep: float) -> Ref:
     """The size/quality sweep's table and Pareto plot, and the smallest model that keeps ``keep`` of the base."""
     from finescope_core.sweep import write_sweep_report

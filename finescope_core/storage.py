@@ -27,6 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 COMPLETE_MARKER = "_COMPLETE.json"
+# This machine's cache: model conversions, and local copies of folder artifacts kept in object storage.
+LOCAL_CACHE = Path(os.environ.get("FINESCOPE_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+ARTIFACT_CACHE = LOCAL_CACHE / "artifacts"
 
 _storage_options: dict[str, dict[str, Any]] = {}
 
@@ -287,7 +290,7 @@ def staged_directory(uri: str) -> Iterator[Path]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def fetch_directory(uri: str, cache_root: Path) -> Path:
+def fetch_directory(uri: str, cache_root: Path = ARTIFACT_CACHE) -> Path:
     """A local copy of a folder artifact (a model, an SAE), downloaded once per content fingerprint."""
     if is_local(uri):
         return local_path(uri)

@@ -11,16 +11,16 @@ from flows.shards import dump_shards, embed_shards, with_runner
 from tasks.stages import (
     build_corpus,
     choose_sae,
-    dump_activations,
+    dump_acts,
     embed_documents,
-    fit_sae,
     list_shards,
     load_seeds,
     merge_shards,
+    read_shard,
     resolve_model,
     sample_pool,
     select_documents,
-    shard_documents,
+    train_sae,
 )
 
 
@@ -29,7 +29,7 @@ def curate(config: RunConfig) -> dict:
     """Select the pool documents most like the seeds; returns references to every artifact made on the way."""
     if config.data.pool and config.data.incremental:
         return curate_shards(config)
-    tasks = curation.CurationSteps(resolve_model, build_corpus, sample_pool, load_seeds, dump_activations, fit_sae,
+    tasks = curation.CurationSteps(resolve_model, build_corpus, sample_pool, load_seeds, dump_acts, train_sae,
                                    embed_documents, select_documents)
     return curation.curate(config, tasks)
 
@@ -43,14 +43,14 @@ def curate_shards(config: RunConfig) -> dict:
                          "random, or set data.incremental=false")
     model = resolve_model(config.model)
     corpus = build_corpus(root, config.data)
-    shards = [shard_documents(root, uri) for uri in list_shards(pool_uri)]
+    shards = [read_shard(root, uri) for uri in list_shards(pool_uri)]
     acts = with_runner(config.runner, dump_shards)(root, model, shards, config.dump, config.model)
     sae = choose_sae(root, model, acts, config.dump, config.sae, pool_uri, device)
     pooling = token_pooling(config.select.pooling)
     embeddings = with_runner(config.runner, embed_shards)(root, acts, sae, pooling, device)
     pool = merge_shards(root, shards, embeddings)
     seeds = load_seeds(root, config.select.seeds)
-    seed_acts = dump_activations(root, model, seeds, config.dump, config.model)
+    seed_acts = dump_acts(root, model, seeds, config.dump, config.model)
     vectors = {"pool_emb": pool, "seed_emb": embed_documents(root, seed_acts, sae, pooling, device)}
     curated = select_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": acts, "sae": sae,

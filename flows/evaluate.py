@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from finescope_core.config import RunConfig
-from tasks.stages import build_corpus, evaluate_model, publish_report, resolve_model, time_models
+from tasks.stages import build_corpus, publish_report, resolve_model, score_model, time_models
 
 
 @flow(name="evaluate", log_prints=True)
@@ -15,7 +15,7 @@ def evaluate(config: RunConfig, model: str | None = None) -> dict:
     model_cfg = config.model.model_copy(update={"name": model}) if model else config.model
     corpus = build_corpus(config.output, config.data)
     model_ref = resolve_model(model_cfg)
-    result = evaluate_model(config.output, model_ref, corpus["eval_sets"], config.eval_domains, config.eval, model_cfg)
+    result = score_model(config.output, model_ref, corpus["eval_sets"], config.eval_domains, config.eval, model_cfg)
     speed = time_models(config.output, {model_cfg.name: model_ref}, model_cfg)
     report = publish_report(config.output, {model_cfg.name: result}, f"FineScope evaluation: {model_cfg.name}", speed,
                             domains=config.eval_domains)

@@ -10,12 +10,12 @@ from flows.curate import curate
 from flows.prune import calibration_of
 from tasks.stages import (
     distill_targets,
-    evaluate_model,
-    prune_model,
+    prune_base_model,
     publish_report,
+    record_manifest,
     recover_model,
+    score_model,
     time_models,
-    write_manifest,
 )
 
 
@@ -49,11 +49,11 @@ def finescope(config: RunConfig) -> dict:
     eval_sets = refs["corpus"]["eval_sets"]
 
     def evaluation(model: dict):
-        return evaluate_model.submit(root, model, eval_sets, config.eval_domains, config.eval, config.model)
+        return score_model.submit(root, model, eval_sets, config.eval_domains, config.eval, config.model)
 
     scored = {"base": evaluation(refs["model"])}
     calibration, filename = calibration_of(config, refs)
-    pruned = prune_model(root, refs["model"], calibration, filename, config.prune, device)
+    pruned = prune_base_model(root, refs["model"], calibration, filename, config.prune, device)
     scored["pruned"] = evaluation(pruned)
     texts, text_file, distilled = recovery_text(config, refs)
     recovered = recover_model(root, pruned, refs["model"], texts, text_file, config.recover, device)
@@ -67,5 +67,5 @@ def finescope(config: RunConfig) -> dict:
     artifacts |= {"pruned": pruned, "recovered": recovered, "speed": speed, "report": report}
     artifacts |= {"distilled": distilled} if distilled is not None else {}
     artifacts |= {f"eval_{label}": ref for label, ref in results.items()}
-    manifest = write_manifest(root, artifacts)
+    manifest = record_manifest(root, artifacts)
     return {"report": report["info"], "manifest": manifest}

@@ -7,7 +7,7 @@ from prefect import flow
 from finescope_core.config import RunConfig
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
 from flows.curate import curate
-from tasks.stages import calibration_source, prune_model, resolve_model
+from tasks.stages import calibration_source, prune_base_model, resolve_model
 
 
 @flow(name="prune", log_prints=True)
@@ -24,7 +24,7 @@ def prune(config: RunConfig, calibration: str | None = None) -> dict:
         refs = curate(config)
         model = refs["model"]
         source, filename = calibration_of(config, refs)
-    return prune_model(config.output, model, source, filename, config.prune, config.model.device)
+    return prune_base_model(config.output, model, source, filename, config.prune, config.model.device)
 
 
 def calibration_of(config: RunConfig, curate_refs: dict) -> tuple[dict, str]:

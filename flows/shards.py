@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from finescope_core.config import DumpConfig, ModelConfig, RunnerConfig
 from finescope_core.formats import Ref
-from tasks.stages import dump_activations, embed_documents
+from tasks.stages import dump_acts, embed_documents
 
 
 def task_runner(cfg: RunnerConfig):
@@ -29,7 +29,7 @@ def task_runner(cfg: RunnerConfig):
 @flow(name="dump-shards")
 def dump_shards(root: str, model: Ref, shards: list[Ref], dump: DumpConfig, model_cfg: ModelConfig) -> list[Ref]:
     """The activation dump of every shard (those dumped before are reused)."""
-    futures = [dump_activations.submit(root, model, shard, dump, model_cfg) for shard in shards]
+    futures = [dump_acts.submit(root, model, shard, dump, model_cfg) for shard in shards]
     return [future.result() for future in futures]
 
 

@@ -8,7 +8,7 @@ from finescope_core.config import RunConfig
 from flows.curate import curate
 from flows.finescope import recovery_text
 from flows.prune import calibration_of
-from tasks.stages import evaluate_model, prune_model, publish_sweep, recover_model
+from tasks.stages import prune_base_model, publish_sweep, recover_model, score_model
 
 
 @flow(name="sweep", log_prints=True)
@@ -23,12 +23,12 @@ def sweep(config: RunConfig) -> dict:
     texts, text_file, _ = recovery_text(config, refs)
 
     def evaluation(model: dict):
-        return evaluate_model.submit(root, model, refs["corpus"]["eval_sets"], config.eval_domains, config.eval,
+        return score_model.submit(root, model, refs["corpus"]["eval_sets"], config.eval_domains, config.eval,
                                      config.model)
 
     scored, ratios = {"base": evaluation(refs["model"])}, {}
     for ratio in config.sweep.ratios:
-        pruned = prune_model(root, refs["model"], calibration, filename,
+        pruned = prune_base_model(root, refs["model"], calibration, filename,
                              config.prune.model_copy(update={"ratio": ratio}), device)
         recovered = recover_model(root, pruned, refs["model"], texts, text_file, config.recover, device)
         label = f"pruned {100 * ratio:g}%, recovered"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
-from finescope_core import incremental, storage
+from finescope_core import pool_shards, storage
 from tasks.caching import io_task
 
 SHARDS_ARRIVED = "finescope.pool.shards-arrived"
@@ -17,7 +17,7 @@ SHARDS_ARRIVED = "finescope.pool.shards-arrived"
 
 @io_task
 def find_new_shards(pool: str, seen: str) -> list[str]:
-    return incremental.unseen_shards(pool, seen)
+    return pool_shards.unseen_shards(pool, seen)
 
 
 @task
@@ -25,14 +25,14 @@ def announce(pool: str, shards: list[str], seen: str) -> None:
     """Emit the event, then record the shards as seen."""
     emit_event(event=SHARDS_ARRIVED, payload={"pool": pool, "shards": shards},
                resource={"prefect.resource.id": f"finescope.pool.{storage.fingerprint(pool)}", "finescope.pool": pool})
-    incremental.mark_seen(seen, shards)
+    pool_shards.mark_seen(seen, shards)
     get_run_logger().info("announced %d new shard(s) under %s", len(shards), pool)
 
 
 @flow(name="watch-pool")
 def watch_pool(pool: str, output: str) -> list[str]:
     """Announce the shards under ``pool`` not announced before; ``output`` is the run root that keeps the record."""
-    seen = incremental.seen_uri(output, pool)
+    seen = pool_shards.seen_uri(output, pool)
     shards = find_new_shards(pool, seen)
     if shards:
         announce(pool, shards, seen)

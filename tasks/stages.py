@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from finescope_core import incremental, stages, storage
+from finescope_core import pool_shards, sae_reuse, stages, storage
 from finescope_core.config import (
     DataConfig,
     DistillConfig,
@@ -57,18 +57,18 @@ def load_seeds(root: str, path: str) -> Ref:
 
 
 @stage_task
-def dump_activations(root: str, model: Ref, docs: Ref, dump: DumpConfig, model_cfg: ModelConfig) -> Ref:
-    return _logged("activations", stages.dump(root, model, docs, dump, model_cfg))
+def dump_acts(root: str, model: Ref, docs: Ref, dump: DumpConfig, model_cfg: ModelConfig) -> Ref:
+    return _logged("acts", stages.acts(root, model, docs, dump, model_cfg))
 
 
 @io_task
 def list_shards(pool: str) -> list[str]:
     """The pool's shards as they are now (never cached: new shards are the point)."""
-    return incremental.shard_uris(pool)
+    return pool_shards.shard_uris(pool)
 
 
 @io_task
-def shard_documents(root: str, shard_uri: str) -> Ref:
+def read_shard(root: str, shard_uri: str) -> Ref:
     """Not cached by Prefect: a shard is identified by its content, which the core stage hashes each run."""
     return _logged("shard", stages.shard(root, shard_uri))
 
@@ -77,7 +77,7 @@ def shard_documents(root: str, shard_uri: str) -> Ref:
 def choose_sae(root: str, model: Ref, acts: list[Ref], dump: DumpConfig, sae: SAEConfig, pool: str,
                device: str) -> Ref:
     """Fit, reuse or refit the SAE of an incrementally curated pool (reads and records its decision state)."""
-    choice = incremental.choose_sae(root, incremental.state_uri(root, pool, model, dump, sae), acts, sae, device)
+    choice = stages.incremental_sae(root, sae_reuse.state_uri(root, pool, model, dump, sae), acts, sae, device)
     get_run_logger().info("SAE %s (new shards: %d, drift: %s)", choice.action, choice.new_shards, choice.drift)
     return {**choice.sae, "action": choice.action, "drift": choice.drift, "new_shards": choice.new_shards}
 
@@ -88,7 +88,7 @@ def merge_shards(root: str, shards: list[Ref], embeddings: list[Ref]) -> Ref:
 
 
 @stage_task
-def fit_sae(root: str, acts: Ref, sae: SAEConfig, device: str) -> Ref:
+def train_sae(root: str, acts: Ref, sae: SAEConfig, device: str) -> Ref:
     ref = stages.sae(root, acts, sae, device)
     get_run_logger().info("SAE quality: %s", ref["info"])
     return _logged("sae", ref)
@@ -114,7 +114,7 @@ def calibration_source(uri: str) -> tuple[Ref, str]:
 
 
 @stage_task
-def prune_model(root: str, model: Ref, calibration: Ref, filename: str, prune: PruneConfig, device: str) -> Ref:
+def prune_base_model(root: str, model: Ref, calibration: Ref, filename: str, prune: PruneConfig, device: str) -> Ref:
     ref = stages.pruned(root, model, calibration, filename, prune, device)
     info = ref["info"]
     get_run_logger().info("parameters %d -> %d", info["params_before"], info["params_after"])
@@ -142,7 +142,7 @@ def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: st
 
 
 @stage_task
-def evaluate_model(root: str, model: Ref, eval_sets: Ref, domains: list[str], evaluation: EvalConfig,
+def score_model(root: str, model: Ref, eval_sets: Ref, domains: list[str], evaluation: EvalConfig,
                    model_cfg: ModelConfig) -> Ref:
     return _logged("eval", stages.evaluation(root, model, eval_sets, domains, evaluation, model_cfg))
 
@@ -171,7 +171,7 @@ def publish_report(root: str, results: dict[str, Ref], title: str, speed: Ref | 
 def publish_sweep(root: str, results: dict[str, Ref], ratios: dict[str, float], domain: str, metric: str,
                   keep: float) -> Ref:
     """Write the sweep's report and publish it as a Prefect markdown artifact."""
-    ref = stages.sweep_report(root, results, ratios, domain, metric, keep)
+    ref = stages.sweep(root, results, ratios, domain, metric, keep)
     create_markdown_artifact(storage.read_bytes(ref["info"]["markdown"]).decode(), key="finescope-sweep",
                              description=f"size/quality sweep for {domain}")
     get_run_logger().info("sweep: chosen model %s", ref["info"]["chosen"])
@@ -179,5 +179,5 @@ def publish_sweep(root: str, results: dict[str, Ref], ratios: dict[str, float], 
 
 
 @task
-def write_manifest(root: str, refs: dict[str, Ref]) -> str:
+def record_manifest(root: str, refs: dict[str, Ref]) -> str:
     return stages.write_manifest(root, refs)

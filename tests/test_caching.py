@@ -87,8 +87,8 @@ def test_the_dtype_and_device_a_stage_computes_in_are_part_of_its_id(tiny_model:
     write_docs(str(tmp_path / "docs" / "docs.parquet"), NOTES[:4], "a")
     dump = DumpConfig(layers=[1], max_tokens=16, shard_docs=4, sae_sample_tokens=200)
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
-    float32 = stages.dump(root, model, docs, dump, ModelConfig(name="tiny-random-llama"))
-    bfloat16 = stages.dump(root, model, docs, dump, ModelConfig(name="tiny-random-llama", dtype="bfloat16"))
+    float32 = stages.acts(root, model, docs, dump, ModelConfig(name="tiny-random-llama"))
+    bfloat16 = stages.acts(root, model, docs, dump, ModelConfig(name="tiny-random-llama", dtype="bfloat16"))
     assert bfloat16["fingerprint"] != float32["fingerprint"] and not bfloat16["reused"]
 
     seen: dict[str, str] = {}

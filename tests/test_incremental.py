@@ -5,33 +5,33 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from finescope_core import incremental, stages, storage
+from finescope_core import pool_shards, sae_reuse, stages, storage
 from finescope_core.config import DumpConfig, ModelConfig, SAEConfig, SelectConfig
 
 SAE = SAEConfig(expansion=2, k=4, training_tokens=4000, batch_size=256)
 
 
 def per_shard(root: str, model: dict, pool: Path, dump: DumpConfig) -> tuple[list[dict], list[dict]]:
-    shards = [stages.shard(root, uri) for uri in incremental.shard_uris(str(pool))]
-    return shards, [stages.dump(root, model, shard, dump, ModelConfig(name="tiny-random-llama")) for shard in shards]
+    shards = [stages.shard(root, uri) for uri in pool_shards.shard_uris(str(pool))]
+    return shards, [stages.acts(root, model, shard, dump, ModelConfig(name="tiny-random-llama")) for shard in shards]
 
 
 def test_new_shards_alone_are_dumped_and_the_sae_reused_below_the_drift(tiny_model: Path, tmp_path: Path,
                                                                         monkeypatch, write_shard, tiny_dump):
     root, pool = str(tmp_path / "run"), tmp_path / "pool"
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
-    state = incremental.state_uri(root, str(pool), model, tiny_dump, SAE)
+    state = sae_reuse.state_uri(root, str(pool), model, tiny_dump, SAE)
     for index in range(2):
         write_shard(pool, index)
     _, acts = per_shard(root, model, pool, tiny_dump)
-    first = incremental.choose_sae(root, state, acts, SAE)
+    first = stages.incremental_sae(root, state, acts, SAE)
     assert first.action == "fitted" and first.new_shards == 2
 
     write_shard(pool, 2)
     shards, acts = per_shard(root, model, pool, tiny_dump)
     assert [ref.get("reused", False) for ref in acts] == [True, True, False]  # only the new shard is dumped
-    monkeypatch.setattr(incremental, "drift", lambda sae, new, device="cpu": 0.1)
-    reused = incremental.choose_sae(root, state, acts, SAE.model_copy(update={"refit_drift": 0.2}))
+    monkeypatch.setattr(sae_reuse, "drift", lambda sae, new, device="cpu": 0.1)
+    reused = stages.incremental_sae(root, state, acts, SAE.model_copy(update={"refit_drift": 0.2}))
     assert reused.action == "reused" and reused.sae["fingerprint"] == first.sae["fingerprint"]
     assert reused.new_shards == 1 and reused.drift == 0.1
     embeddings = [stages.embeddings(root, ref, reused.sae, "max", "cpu") for ref in acts]
@@ -40,10 +40,10 @@ def test_new_shards_alone_are_dumped_and_the_sae_reused_below_the_drift(tiny_mod
 
     write_shard(pool, 3)
     _, acts = per_shard(root, model, pool, tiny_dump)
-    refit = incremental.choose_sae(root, state, acts, SAE.model_copy(update={"refit_drift": 0.05}))
+    refit = stages.incremental_sae(root, state, acts, SAE.model_copy(update={"refit_drift": 0.05}))
     assert refit.action == "refit" and refit.sae["fingerprint"] != first.sae["fingerprint"]
     assert storage.read_json(state)["shards"] == sorted(ref["fingerprint"] for ref in acts)
-    again = incremental.choose_sae(root, state, acts, SAE)
+    again = stages.incremental_sae(root, state, acts, SAE)
     assert again.action == "reused" and again.new_shards == 0 and again.sae["fingerprint"] == refit.sae["fingerprint"]
 
 
@@ -53,7 +53,7 @@ def test_drift_is_near_zero_on_the_fitted_activations(tiny_model: Path, tmp_path
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
     _, acts = per_shard(root, model, pool, tiny_dump)
     sae = stages.sae(root, acts, SAE, "cpu")
-    assert abs(incremental.drift(sae, acts)) < 0.05
+    assert abs(sae_reuse.drift(sae, acts)) < 0.05
 
 
 def test_incremental_selection_ranks_every_shard(tiny_model: Path, tmp_path: Path, repo: Path, write_shard,
@@ -66,7 +66,7 @@ def test_incremental_selection_ranks_every_shard(tiny_model: Path, tmp_path: Pat
     sae = stages.sae(root, acts, SAE, "cpu")
     merged = stages.merged(root, shards, [stages.embeddings(root, ref, sae, "max", "cpu") for ref in acts])
     seeds = stages.seeds(root, str(repo / "seeds" / "medicine.jsonl"))
-    seed_emb = stages.embeddings(root, stages.dump(root, model, seeds, tiny_dump, ModelConfig()), sae, "max", "cpu")
+    seed_emb = stages.embeddings(root, stages.acts(root, model, seeds, tiny_dump, ModelConfig()), sae, "max", "cpu")
     curated = stages.curated(root, merged, seeds, {"pool_emb": merged, "seed_emb": seed_emb}, None,
                              SelectConfig(budget=30, decontaminate=False, near_duplicate_cosine=1.0))
     chosen = storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"].to_pylist()
@@ -79,4 +79,4 @@ def test_a_shard_without_text_is_named(tmp_path: Path):
     with pytest.raises(ValueError, match=r"bad\.parquet: lacks column\(s\) \['text'\]"):
         stages.shard(str(tmp_path / "run"), uri)
     with pytest.raises(FileNotFoundError, match="holds no Parquet shards"):
-        incremental.shard_uris(str(tmp_path / "empty"))
+        pool_shards.shard_uris(str(tmp_path / "empty"))

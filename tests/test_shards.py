@@ -24,6 +24,6 @@ def test_shards_dumped_on_two_dask_workers_match_a_direct_dump(tiny_model: Path,
     with prefect_test_harness():
         acts = with_runner(RunnerConfig(kind="dask", workers=2), dump_shards)(root, model, shards, tiny_dump, model_cfg)
     assert [ref.get("reused", False) for ref in acts] == [False, False]
-    direct = [stages.dump(str(tmp_path / "direct"), model, shard, tiny_dump, model_cfg) for shard in shards]
+    direct = [stages.acts(str(tmp_path / "direct"), model, shard, tiny_dump, model_cfg) for shard in shards]
     assert [ref["fingerprint"] for ref in acts] == [ref["fingerprint"] for ref in direct]
     assert [ref["info"] for ref in acts] == [ref["info"] for ref in direct]

@@ -25,8 +25,8 @@ import flows.prune
 import flows.sweep
 import tasks.stages
 from finescope_core import stages, storage
+from finescope_core.addressing import stage_fingerprint
 from finescope_core.config import RunConfig
-from finescope_core.stage import stage_fingerprint
 
 RUN = "corpus pool seeds acts sae embeddings curated pruned distilled recovered eval speed report sweep".split()
 NUMERICS = {"acts", "sae", "embeddings", "pruned", "distilled", "recovered", "eval", "speed"}  # run on the device
@@ -128,8 +128,8 @@ def recorded(monkeypatch, tmp_path: Path):
             elif isinstance(value, Flow):
                 monkeypatch.setattr(module, name, value.fn)
     monkeypatch.setattr(flows.finescope, "publish_report", stages.report)
-    monkeypatch.setattr(flows.finescope, "write_manifest", lambda root, refs: "")
-    monkeypatch.setattr(flows.sweep, "publish_sweep", stages.sweep_report)
+    monkeypatch.setattr(flows.finescope, "record_manifest", lambda root, refs: "")
+    monkeypatch.setattr(flows.sweep, "publish_sweep", stages.sweep)
 
     def identities(config: RunConfig) -> dict[str, list[str]]:
         calls.clear()

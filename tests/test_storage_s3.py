@@ -60,7 +60,7 @@ def test_staged_directory_uploads_and_fetches_back(s3: str, tmp_path: Path):
 
 
 def test_pool_identity_in_s3_comes_from_etags_without_downloads(s3: str, monkeypatch):
-    from finescope_core.stage import source_fingerprint
+    from finescope_core.addressing import source_fingerprint
 
     pool = storage.join(s3, "pool")
     storage.write_parquet(pa.table({"doc_id": ["a"], "text": ["x"]}), storage.join(pool, "shard-0.parquet"))

@@ -3,8 +3,8 @@ import sys
 from pathlib import Path
 
 from finescope_core import storage
+from finescope_core.addressing import run_stage, stage_fingerprint
 from finescope_core.config import DumpConfig
-from finescope_core.stage import run_stage, stage_fingerprint
 
 
 def test_equal_work_is_done_once(tmp_path: Path):

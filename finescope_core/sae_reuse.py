@@ -1,0 +1,78 @@
+"""Whether an incrementally curated pool keeps its SAE: the decision and its recorded state.
+
+A pool that grows by Parquet shards is re-curated shard by shard (``stages.shard``): only the shards not seen before
+are dumped and embedded. The SAE is kept across re-curations unless the new activations drift from those it was
+fitted on; drift is the SAE's fraction of variance unexplained (FVU) on the new shards' token sample relative to its
+FVU at fit time. A refit covers every shard, and then every shard is embedded again.
+
+The decision's state (which SAE is current and which shards it has covered) is a small JSON under the run root,
+keyed by the pool, model and dump/SAE settings. ``stages.incremental_sae`` applies the decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from finescope_core import storage
+from finescope_core.activations import layer_rows, vectors
+from finescope_core.config import DumpConfig, SAEConfig
+from finescope_core.formats import Ref
+from finescope_core.sae import EVAL_TOKENS, load_sae, quality
+
+
+@dataclass(frozen=True)
+class SaeChoice:
+    """The SAE to embed with, and why: fitted (first curation), reused (no drift) or refit (drift). ``sae`` is
+    None until a fitted or refit SAE exists."""
+
+    sae: Ref | None
+    action: Literal["fitted", "reused", "refit"]
+    drift: float | None
+    new_shards: int
+
+
+def state_uri(root: str, pool_uri: str, model: Ref, dump: DumpConfig, sae: SAEConfig) -> str:
+    """Where the SAE decision of this pool, model and settings is kept."""
+    settings = sae.model_dump(mode="json", exclude={"refit_drift"})
+    key = storage.fingerprint(pool_uri, model["fingerprint"], dump.model_dump(mode="json"), settings)
+    return storage.join(root, "state", f"incremental-{key}.json")
+
+
+def drift(sae_ref: Ref, acts: list[Ref], device: str = "cpu") -> float:
+    """Relative rise of the SAE's FVU on the token samples of ``acts`` over its FVU at fit time."""
+    model, coordinates = load_sae(sae_ref["uri"], device)
+    layer = sae_ref["info"]["layer"]
+    rows = []
+    for ref in acts:
+        for shard in storage.listdir(storage.join(ref["uri"], "sample"), ".parquet"):
+            rows.append(vectors(layer_rows(storage.read_parquet(shard), layer)))
+    tokens = np.concatenate(rows)[:EVAL_TOKENS]
+    if coordinates is not None:
+        tokens = tokens[:, coordinates]
+    fvu = quality(model, torch.from_numpy(np.ascontiguousarray(tokens)).to(device))["fvu"]
+    return fvu / max(sae_ref["info"]["fvu"], 1e-12) - 1
+
+
+def decide(state: str, acts: list[Ref], cfg: SAEConfig, device: str = "cpu") -> SaeChoice:
+    """Fit the first time; later, reuse the recorded SAE for new shards unless their drift passes
+    ``cfg.refit_drift`` (then refit on every shard)."""
+    previous = storage.read_json(state) if storage.exists(state) else None
+    covered = set(previous["shards"]) if previous else set()
+    new = [ref for ref in acts if ref["fingerprint"] not in covered]
+    if not (previous and storage.is_complete(previous["sae"]["uri"])):
+        return SaeChoice(None, "fitted", None, len(new))
+    measured = drift(previous["sae"], new, device) if new else 0.0
+    if measured <= cfg.refit_drift:
+        return SaeChoice(previous["sae"], "reused", measured if new else None, len(new))
+    return SaeChoice(None, "refit", measured, len(new))
+
+
+def record(state: str, choice: SaeChoice, acts: list[Ref]) -> None:
+    """Keep the choice (its SAE now set) as the pool's state: the SAE and every shard it covers."""
+    covered = set(storage.read_json(state)["shards"]) if storage.exists(state) else set()
+    storage.write_json(state, {"sae": choice.sae, "shards": sorted(covered | {ref["fingerprint"] for ref in acts}),
+                               "last": {key: value for key, value in asdict(choice).items() if key != "sae"}})
