@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 def run_demo(config: str, output: Path, prefect_home: Path) -> tuple[float, str]:
     env = {**os.environ, "PREFECT_HOME": str(prefect_home), "HF_HUB_OFFLINE": "1"}
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", config, "--set", f"output={output}"],
+    done = subprocess.run([sys.executable, "-m", "finescope.cli", "run", config, "--set", f"output={output}"],
                           cwd=REPO, env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - start
     if done.returncode != 0:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import flow
-
-from finescope_core import curation
-from finescope_core.config import RunConfig
-from finescope_core.embed import token_pooling
-from flows.shards import dump_shards, embed_shards, with_runner
-from tasks.stages import (
+from finescope.flows.shards import dump_shards, embed_shards, with_runner
+from finescope.tasks.stages import (
     build_corpus,
     choose_sae,
+    curate_documents,
     dump_acts,
     embed_documents,
     list_shards,
@@ -19,9 +15,13 @@ from tasks.stages import (
     read_shard,
     resolve_model,
     sample_pool,
-    select_documents,
     train_sae,
 )
+from prefect import flow
+
+from finescope_core import curation
+from finescope_core.config import RunConfig
+from finescope_core.embed import token_pooling
 
 
 @flow(name="curate", log_prints=True)
@@ -30,7 +30,7 @@ def curate(config: RunConfig) -> dict:
     if config.data.pool and config.data.incremental:
         return curate_shards(config)
     tasks = curation.CurationSteps(resolve_model, build_corpus, sample_pool, load_seeds, dump_acts, train_sae,
-                                   embed_documents, select_documents)
+                                   embed_documents, curate_documents)
     return curation.curate(config, tasks)
 
 
@@ -52,6 +52,6 @@ def curate_shards(config: RunConfig) -> dict:
     seeds = load_seeds(root, config.select.seeds)
     seed_acts = dump_acts(root, model, seeds, config.dump, config.model)
     vectors = {"pool_emb": pool, "seed_emb": embed_documents(root, seed_acts, sae, pooling, device)}
-    curated = select_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
+    curated = curate_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": acts, "sae": sae,
             "embeddings": embeddings, "curated": curated}

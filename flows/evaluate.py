@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from finescope.tasks.stages import build_corpus, publish_report, resolve_model, score_model, time_models
 from prefect import flow
 
 from finescope_core.config import RunConfig
-from tasks.stages import build_corpus, publish_report, resolve_model, score_model, time_models
 
 
 @flow(name="evaluate", log_prints=True)

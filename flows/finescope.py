@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from prefect import flow
-
-from finescope_core.config import RunConfig
-from finescope_core.formats import CURATED_FILE, DISTILLED_FILE
-from flows.curate import curate
-from flows.prune import calibration_of
-from tasks.stages import (
+from finescope.flows.curate import curate
+from finescope.flows.prune import calibration_of
+from finescope.tasks.stages import (
     distill_targets,
     prune_base_model,
     publish_report,
@@ -17,6 +13,10 @@ from tasks.stages import (
     score_model,
     time_models,
 )
+from prefect import flow
+
+from finescope_core.config import RunConfig
+from finescope_core.formats import CURATED_FILE, DISTILLED_FILE
 
 
 def recovery_text(config: RunConfig, refs: dict) -> tuple[dict, str, dict | None]:

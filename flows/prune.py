@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from finescope.flows.curate import curate
+from finescope.tasks.stages import calibration_source, prune_base_model, resolve_model
 from prefect import flow
 
 from finescope_core.config import RunConfig
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
-from flows.curate import curate
-from tasks.stages import calibration_source, prune_base_model, resolve_model
 
 
 @flow(name="prune", log_prints=True)

@@ -7,12 +7,12 @@ processes), so the dump and the embedding scale past one machine while the flow 
 
 from __future__ import annotations
 
+from finescope.tasks.stages import dump_acts, embed_documents
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from finescope_core.config import DumpConfig, ModelConfig, RunnerConfig
 from finescope_core.formats import Ref
-from tasks.stages import dump_acts, embed_documents
 
 
 def task_runner(cfg: RunnerConfig):

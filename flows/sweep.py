@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from finescope.flows.curate import curate
+from finescope.flows.finescope import recovery_text
+from finescope.flows.prune import calibration_of
+from finescope.tasks.stages import prune_base_model, publish_sweep, recover_model, score_model
 from prefect import flow
 
 from finescope_core.config import RunConfig
-from flows.curate import curate
-from flows.finescope import recovery_text
-from flows.prune import calibration_of
-from tasks.stages import prune_base_model, publish_sweep, recover_model, score_model
 
 
 @flow(name="sweep", log_prints=True)

@@ -6,11 +6,11 @@ re-curation for each announcement, and incremental curation then dumps and embed
 
 from __future__ import annotations
 
+from finescope.tasks.caching import io_task
 from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 
 from finescope_core import pool_shards, storage
-from tasks.caching import io_task
 
 SHARDS_ARRIVED = "finescope.pool.shards-arrived"
 

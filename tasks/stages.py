@@ -6,23 +6,12 @@ errors, and logs where its artifact is and whether it was reused.
 
 from __future__ import annotations
 
+from finescope.tasks.caching import RETRY_IO, io_task, stage_cache_key
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from finescope_core import pool_shards, sae_reuse, stages, storage
-from finescope_core.config import (
-    DataConfig,
-    DistillConfig,
-    DumpConfig,
-    EvalConfig,
-    ModelConfig,
-    PruneConfig,
-    RecoverConfig,
-    SAEConfig,
-    SelectConfig,
-)
+from finescope_core import config, pool_shards, sae_reuse, stages, storage
 from finescope_core.formats import Ref
-from tasks.caching import RETRY_IO, io_task, stage_cache_key
 
 stage_task = task(cache_key_fn=stage_cache_key, persist_result=True, **RETRY_IO)
 
@@ -33,20 +22,20 @@ def _logged(name: str, ref: Ref) -> Ref:
 
 
 @io_task
-def resolve_model(model: ModelConfig) -> Ref:
+def resolve_model(model: config.ModelConfig) -> Ref:
     """The base model's local folder and content fingerprint (converted once into the cache)."""
     return _logged("model", stages.model_ref(model))
 
 
 @io_task
-def build_corpus(root: str, data: DataConfig) -> Ref:
+def build_corpus(root: str, data: config.DataConfig) -> Ref:
     """Not cached by Prefect: the pool and eval sets are identified by their content, which the core reads each run
     (a shard added to the pool, or an eval set edited in place, is new input)."""
     return _logged("corpus", stages.corpus(root, data))
 
 
 @stage_task
-def sample_pool(root: str, corpus: Ref, data: DataConfig) -> Ref:
+def sample_pool(root: str, corpus: Ref, data: config.DataConfig) -> Ref:
     return _logged("pool", stages.pool(root, corpus, data))
 
 
@@ -57,7 +46,7 @@ def load_seeds(root: str, path: str) -> Ref:
 
 
 @stage_task
-def dump_acts(root: str, model: Ref, docs: Ref, dump: DumpConfig, model_cfg: ModelConfig) -> Ref:
+def dump_acts(root: str, model: Ref, docs: Ref, dump: config.DumpConfig, model_cfg: config.ModelConfig) -> Ref:
     return _logged("acts", stages.acts(root, model, docs, dump, model_cfg))
 
 
@@ -74,7 +63,7 @@ def read_shard(root: str, shard_uri: str) -> Ref:
 
 
 @task
-def choose_sae(root: str, model: Ref, acts: list[Ref], dump: DumpConfig, sae: SAEConfig, pool: str,
+def choose_sae(root: str, model: Ref, acts: list[Ref], dump: config.DumpConfig, sae: config.SAEConfig, pool: str,
                device: str) -> Ref:
     """Fit, reuse or refit the SAE of an incrementally curated pool (reads and records its decision state)."""
     choice = stages.incremental_sae(root, sae_reuse.state_uri(root, pool, model, dump, sae), acts, sae, device)
@@ -88,7 +77,7 @@ def merge_shards(root: str, shards: list[Ref], embeddings: list[Ref]) -> Ref:
 
 
 @stage_task
-def train_sae(root: str, acts: Ref, sae: SAEConfig, device: str) -> Ref:
+def train_sae(root: str, acts: Ref, sae: config.SAEConfig, device: str) -> Ref:
     ref = stages.sae(root, acts, sae, device)
     get_run_logger().info("SAE quality: %s", ref["info"])
     return _logged("sae", ref)
@@ -100,8 +89,8 @@ def embed_documents(root: str, acts: Ref, sae: Ref, pooling: str, device: str) -
 
 
 @stage_task
-def select_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], eval_sets: Ref | None,
-                     select: SelectConfig) -> Ref:
+def curate_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], eval_sets: Ref | None,
+                     select: config.SelectConfig) -> Ref:
     ref = stages.curated(root, pool, seeds, vectors, eval_sets, select)
     get_run_logger().info("curated %d documents; by domain: %s", ref["info"]["n_docs"], ref["info"]["domains"])
     return _logged("curated", ref)
@@ -114,7 +103,8 @@ def calibration_source(uri: str) -> tuple[Ref, str]:
 
 
 @stage_task
-def prune_base_model(root: str, model: Ref, calibration: Ref, filename: str, prune: PruneConfig, device: str) -> Ref:
+def prune_base_model(root: str, model: Ref, calibration: Ref, filename: str, prune: config.PruneConfig,
+                     device: str) -> Ref:
     ref = stages.pruned(root, model, calibration, filename, prune, device)
     info = ref["info"]
     get_run_logger().info("parameters %d -> %d", info["params_before"], info["params_after"])
@@ -122,7 +112,7 @@ def prune_base_model(root: str, model: Ref, calibration: Ref, filename: str, pru
 
 
 @stage_task
-def distill_targets(root: str, teacher: Ref, curated: Ref, distill: DistillConfig, device: str) -> Ref:
+def distill_targets(root: str, teacher: Ref, curated: Ref, distill: config.DistillConfig, device: str) -> Ref:
     ref = stages.distilled(root, teacher, curated, distill, device)
     info = ref["info"]
     get_run_logger().info("self-distillation: %s of %s rewrites accepted; rejected: %s", info["accepted"],
@@ -131,7 +121,7 @@ def distill_targets(root: str, teacher: Ref, curated: Ref, distill: DistillConfi
 
 
 @stage_task
-def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: str, recover: RecoverConfig,
+def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: str, recover: config.RecoverConfig,
                   device: str) -> Ref:
     ref = stages.recovered(root, pruned, teacher, texts, filename, recover, device)
     info = ref["info"]
@@ -142,13 +132,13 @@ def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: st
 
 
 @stage_task
-def score_model(root: str, model: Ref, eval_sets: Ref, domains: list[str], evaluation: EvalConfig,
-                   model_cfg: ModelConfig) -> Ref:
+def score_model(root: str, model: Ref, eval_sets: Ref, domains: list[str], evaluation: config.EvalConfig,
+                   model_cfg: config.ModelConfig) -> Ref:
     return _logged("eval", stages.evaluation(root, model, eval_sets, domains, evaluation, model_cfg))
 
 
 @stage_task
-def time_models(root: str, models: dict[str, Ref], model_cfg: ModelConfig) -> Ref:
+def time_models(root: str, models: dict[str, Ref], model_cfg: config.ModelConfig) -> Ref:
     """Every model's forward throughput, timed alternately in one process."""
     return _logged("speed", stages.speed(root, models, model_cfg))
 

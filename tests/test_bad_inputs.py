@@ -11,8 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from finescope.cli import main
 from finescope_core import storage
-from flows.cli import main
 
 Case = Callable[[Path, Path], list[str]]  # (folder for inputs, config) -> CLI arguments
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from finescope.tasks.stages import build_corpus, curate_documents, load_seeds, sample_pool
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
 from finescope_core import stages, storage
 from finescope_core.config import DataConfig, DumpConfig, EvalConfig, ModelConfig, SelectConfig
-from tasks.stages import build_corpus, load_seeds, sample_pool, select_documents
 
 NOTES = [f"note {i}: the patient was given {i} mg of insulin after the renal biopsy on day {i}." for i in range(12)]
 
@@ -38,7 +38,7 @@ def curate_at_random(root: str, data: DataConfig, seeds_path: str, budget: int) 
     pool = sample_pool(root, corpus, data)
     seeds = load_seeds(root, seeds_path)
     select = SelectConfig(method="random", seeds=seeds_path, budget=budget, decontaminate=True)
-    return {"corpus": corpus, "pool": pool, "curated": select_documents(root, pool, seeds, {}, corpus["eval_sets"],
+    return {"corpus": corpus, "pool": pool, "curated": curate_documents(root, pool, seeds, {}, corpus["eval_sets"],
                                                                         select)}
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from finescope.cli import main
 
 
 @pytest.fixture
@@ -70,8 +70,9 @@ def test_prune_names_a_bad_calibration_file_or_ratio(config: Path, tmp_path: Pat
 
 
 def test_a_failure_during_the_work_exits_1_with_one_line(config: Path, tmp_path: Path, monkeypatch, capsys):
-    import flows.finescope
-    import flows.reaper
+    import finescope.flows.finescope
+
+    import finescope.reaper
 
     def fail(config):
         raise RuntimeError("the disk is full")
@@ -79,7 +80,7 @@ def test_a_failure_during_the_work_exits_1_with_one_line(config: Path, tmp_path:
     for name in ("PREFECT_LOGGING_EXTRA_LOGGERS", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
                  "PREFECT_LOCAL_STORAGE_PATH"):  # set by the CLI for its flow: restored after this test
         monkeypatch.setenv(name, os.environ.get(name, ""))
-    monkeypatch.setattr(flows.reaper, "start", lambda: None)
-    monkeypatch.setattr(flows.finescope, "finescope", fail)
+    monkeypatch.setattr(finescope.reaper, "start", lambda: None)
+    monkeypatch.setattr(finescope.flows.finescope, "finescope", fail)
     assert run(config, f"output={tmp_path / 'out'}") == 1
     assert capsys.readouterr().err.strip() == "finescope: failed: RuntimeError: the disk is full"

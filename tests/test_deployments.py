@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from finescope.flows.watch import SHARDS_ARRIVED
 
 from finescope_core.config import RunConfig
-from flows.watch import SHARDS_ARRIVED
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ TIMED = {"speed", "report"}  # throughput figures, which differ from run to run
 KILLED_AT = """
 import os, signal, sys
 from finescope_core import stages
-from flows.cli import main
+from finescope.cli import main
 
 def run_stage(root, name, inputs, config, work, ignore=frozenset()):
     def then_die(out):
@@ -39,7 +39,7 @@ sys.exit(main(sys.argv[2:]))
 
 def cli(repo: Path, home: Path, output: Path, kill_at: str | None = None) -> subprocess.Popen:
     args = ["run", "configs/tiny.yaml", "--set", f"output={output}", "--set", "recover.targets=self_distilled"]
-    command = [sys.executable, "-c", KILLED_AT, kill_at, *args] if kill_at else [sys.executable, "-m", "flows.cli",
+    command = [sys.executable, "-c", KILLED_AT, kill_at, *args] if kill_at else [sys.executable, "-m", "finescope.cli",
                                                                                  *args]
     env = {**os.environ, "PREFECT_HOME": str(home)}
     return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -168,7 +168,7 @@ def test_a_run_to_object_storage_survives_a_restart_of_the_server(repo: Path, tm
         gate = Gate(port, free_port())
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "AWS_ACCESS_KEY_ID": "moto",
                "AWS_SECRET_ACCESS_KEY": "moto", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{gate.port}"}
-        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--set",
+        run = subprocess.Popen([sys.executable, "-m", "finescope.cli", "run", "configs/tiny.yaml", "--set",
                                 "output=s3://bucket/run"], cwd=repo, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300

@@ -13,7 +13,7 @@ from finescope_core import storage
 
 def finescope(repo: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=repo, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "finescope.cli", *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

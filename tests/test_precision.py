@@ -70,7 +70,7 @@ def test_the_precision_auto_resolves_to_is_part_of_the_stage_identity(cpu, tiny_
 def test_the_task_cache_key_of_an_auto_config_depends_on_the_machine_s_bfloat16(cpu):
     from types import SimpleNamespace
 
-    from tasks.caching import stage_cache_key
+    from finescope.tasks.caching import stage_cache_key
 
     context = SimpleNamespace(task=SimpleNamespace(name="recover_model", fn=lambda: None))
 

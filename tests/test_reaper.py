@@ -17,7 +17,7 @@ def servers(cli: psutil.Process) -> list[psutil.Process]:
 def test_kill_9_of_the_cli_stops_its_temporary_prefect_server(repo: Path, tmp_path: Path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    cli = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--set",
+    cli = subprocess.Popen([sys.executable, "-m", "finescope.cli", "run", "configs/tiny.yaml", "--set",
                             f"output={tmp_path / 'run'}"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:

@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
+from finescope.flows.shards import dump_shards, task_runner, with_runner
 from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
 
 from finescope_core import stages
 from finescope_core.config import ModelConfig, RunnerConfig
-from flows.shards import dump_shards, task_runner, with_runner
 
 
 def test_dask_runner_is_a_local_cluster_or_an_address():

@@ -14,16 +14,16 @@ import types
 import typing
 from pathlib import Path
 
+import finescope.flows.curate
+import finescope.flows.finescope
+import finescope.flows.prune
+import finescope.flows.sweep
+import finescope.tasks.stages
 import pyarrow as pa
 import pytest
 from prefect import Flow, Task
 from pydantic import BaseModel
 
-import flows.curate
-import flows.finescope
-import flows.prune
-import flows.sweep
-import tasks.stages
 from finescope_core import stages, storage
 from finescope_core.addressing import stage_fingerprint
 from finescope_core.config import RunConfig
@@ -120,21 +120,21 @@ def recorded(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(stages, "run_stage", run_stage)
     monkeypatch.setattr(stages, "model_ref", model_ref)
     monkeypatch.setattr(stages, "corpus", corpus)
-    monkeypatch.setattr(tasks.stages, "get_run_logger", lambda: logging.getLogger("test"))
-    for module in (flows.curate, flows.finescope, flows.prune, flows.sweep):
+    monkeypatch.setattr(finescope.tasks.stages, "get_run_logger", lambda: logging.getLogger("test"))
+    for module in (finescope.flows.curate, finescope.flows.finescope, finescope.flows.prune, finescope.flows.sweep):
         for name, value in vars(module).items():
             if isinstance(value, Task):
                 monkeypatch.setattr(module, name, Direct(value))
             elif isinstance(value, Flow):
                 monkeypatch.setattr(module, name, value.fn)
-    monkeypatch.setattr(flows.finescope, "publish_report", stages.report)
-    monkeypatch.setattr(flows.finescope, "record_manifest", lambda root, refs: "")
-    monkeypatch.setattr(flows.sweep, "publish_sweep", stages.sweep)
+    monkeypatch.setattr(finescope.flows.finescope, "publish_report", stages.report)
+    monkeypatch.setattr(finescope.flows.finescope, "record_manifest", lambda root, refs: "")
+    monkeypatch.setattr(finescope.flows.sweep, "publish_sweep", stages.sweep)
 
     def identities(config: RunConfig) -> dict[str, list[str]]:
         calls.clear()
-        flows.finescope.finescope(config)  # the flows, now plain functions
-        flows.sweep.sweep(config)
+        finescope.flows.finescope.finescope(config)  # the flows, now plain functions
+        finescope.flows.sweep.sweep(config)
         out: dict[str, list[str]] = {}
         for name, identity in calls:
             out.setdefault(name, []).append(identity)

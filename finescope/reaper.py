@@ -3,7 +3,7 @@
 Prefect's temporary API server (and a local Dask cluster) are child processes of the CLI. A process killed with
 SIGKILL cannot stop them, so a separate process watches it. The CLI marks its environment with a token that every
 process it starts inherits; once the CLI is gone, the watchdog terminates the processes that carry the token (they
-are found even if the CLI started them a moment before it died). Run as ``python -m flows.reaper PID TOKEN``;
+are found even if the CLI started them a moment before it died). Run as ``python -m finescope.reaper PID TOKEN``;
 ``start`` does that for this process.
 """
 
@@ -65,7 +65,7 @@ def start() -> None:
     """Mark this process's environment, so that the processes it starts from now on inherit the mark, and start a
     watchdog over it (in its own session, so that a Ctrl-C to the CLI's terminal leaves it to do its job)."""
     token = os.environ[TOKEN] = uuid.uuid4().hex  # a CLI started by another gets a mark of its own
-    subprocess.Popen([sys.executable, "-m", "flows.reaper", str(os.getpid()), token], start_new_session=True,
+    subprocess.Popen([sys.executable, "-m", "finescope.reaper", str(os.getpid()), token], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

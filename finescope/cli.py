@@ -21,7 +21,7 @@ def _before_flow(args: argparse.Namespace, output: str) -> None:
     """Set-up once the checks have passed, before a flow runs: Prefect settings that must be set before Prefect is
     imported (quiet, results kept with the run), and a watchdog that stops this process's children (Prefect's
     temporary server) if it is killed."""
-    from flows import reaper
+    from finescope import reaper
 
     args.working = True
     reaper.start()
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(args.config, _overrides(args.set))
     check_run(config)
     _before_flow(args, config.output)
-    from flows.finescope import finescope
+    from finescope.flows.finescope import finescope
 
     result = finescope(config)
     print(f"Report: {result['report']['markdown']}")
@@ -83,7 +83,7 @@ def curate(args: argparse.Namespace) -> None:
     config = _flow_config(args, {"data.pool": args.pool, "select.seeds": args.seeds, "select.budget": args.budget})
     check_run(config, needs_eval=False, prunes=False)
     _before_flow(args, config.output)
-    from flows.curate import curate as curate_flow
+    from finescope.flows.curate import curate as curate_flow
 
     refs = curate_flow(config)
     print(f"Curated: {refs['curated']['uri']}/curated.parquet ({refs['curated']['info']['n_docs']} documents)")
@@ -99,7 +99,7 @@ def prune(args: argparse.Namespace) -> None:
         calibration_file(args.calibration)
     check_run(config, needs_eval=False, needs_seeds=not args.calibration)
     _before_flow(args, config.output)
-    from flows.prune import prune as prune_flow
+    from finescope.flows.prune import prune as prune_flow
 
     ref = prune_flow(config, args.calibration)
     info = ref["info"]
@@ -114,7 +114,7 @@ def sweep(args: argparse.Namespace) -> None:
     config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | _overrides(args.set))
     check_run(config)
     _before_flow(args, config.output)
-    from flows.sweep import sweep as sweep_flow
+    from finescope.flows.sweep import sweep as sweep_flow
 
     info = sweep_flow(config)
     print(f"Sweep: {info['markdown']}")
