@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(args.config, _overrides(args.set))
     check_run(config)
     _before_flow(args, config.output)
-    from finescope.flows.finescope import finescope
+    from finescope.flows.pipeline import finescope
 
     result = finescope(config)
     print(f"Report: {result['report']['markdown']}")

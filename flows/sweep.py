@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finescope.flows.curate import curate
-from finescope.flows.finescope import recovery_text
+from finescope.flows.pipeline import recovery_text
 from finescope.flows.prune import calibration_of
 from finescope.tasks.stages import prune_base_model, publish_sweep, recover_model, score_model
 from prefect import flow

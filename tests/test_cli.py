@@ -70,7 +70,7 @@ def test_prune_names_a_bad_calibration_file_or_ratio(config: Path, tmp_path: Pat
 
 
 def test_a_failure_during_the_work_exits_1_with_one_line(config: Path, tmp_path: Path, monkeypatch, capsys):
-    import finescope.flows.finescope
+    import finescope.flows.pipeline
 
     import finescope.reaper
 
@@ -81,6 +81,6 @@ def test_a_failure_during_the_work_exits_1_with_one_line(config: Path, tmp_path:
                  "PREFECT_LOCAL_STORAGE_PATH"):  # set by the CLI for its flow: restored after this test
         monkeypatch.setenv(name, os.environ.get(name, ""))
     monkeypatch.setattr(finescope.reaper, "start", lambda: None)
-    monkeypatch.setattr(finescope.flows.finescope, "finescope", fail)
+    monkeypatch.setattr(finescope.flows.pipeline, "finescope", fail)
     assert run(config, f"output={tmp_path / 'out'}") == 1
     assert capsys.readouterr().err.strip() == "finescope: failed: RuntimeError: the disk is full"

@@ -1,10 +1,10 @@
 """Static checks of what cannot run here: the GPU worker image (no Docker engine) and the deployment definitions
 (their configs must validate before a worker ever sees them)."""
 
-import importlib
-import inspect
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,14 +61,29 @@ def test_copied_paths_exist_and_entrypoint_is_exec_form(dockerfile, repo: Path):
     assert dict(dockerfile)["USER"] != "root"
 
 
+LOAD_AS_THE_WORKER_DOES = """
+import json, sys
+from prefect.flows import load_flow_from_entrypoint
+params = {}
+for entrypoint in sys.argv[1:]:
+    flow = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)  # puts the script's folder on sys.path
+    params[entrypoint] = sorted(flow.parameters.properties)
+print(json.dumps(params))
+"""
+
+
 def test_deployments_name_real_flows_with_valid_configs(project: dict, repo: Path):
+    """Every entrypoint loads as a worker loads it (by file path, its folder on sys.path, where a flow module named
+    like a package would shadow it) and takes the deployment's parameters; every config is valid."""
     names = {d["name"] for d in project["deployments"]}
     assert {"finescope-local", "curate-local", "evaluate-local", "finescope-gpu", "curate-bucket"} <= names
+    entrypoints = sorted({d["entrypoint"] for d in project["deployments"]})
+    done = subprocess.run([sys.executable, "-c", LOAD_AS_THE_WORKER_DOES, *entrypoints], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    accepted = json.loads(done.stdout.strip().splitlines()[-1])
     for deployment in project["deployments"]:
-        path, function = deployment["entrypoint"].split(":")
-        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function)
-        accepted = inspect.signature(flow.fn).parameters
-        assert set(deployment["parameters"]) <= set(accepted), deployment["name"]
+        assert set(deployment["parameters"]) <= set(accepted[deployment["entrypoint"]]), deployment["name"]
         if "config" in deployment["parameters"]:
             RunConfig.model_validate(deployment["parameters"]["config"])  # raises with the field's name
 

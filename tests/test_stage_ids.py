@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 
 import finescope.flows.curate
-import finescope.flows.finescope
+import finescope.flows.pipeline
 import finescope.flows.prune
 import finescope.flows.sweep
 import finescope.tasks.stages
@@ -121,19 +121,19 @@ def recorded(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(stages, "model_ref", model_ref)
     monkeypatch.setattr(stages, "corpus", corpus)
     monkeypatch.setattr(finescope.tasks.stages, "get_run_logger", lambda: logging.getLogger("test"))
-    for module in (finescope.flows.curate, finescope.flows.finescope, finescope.flows.prune, finescope.flows.sweep):
+    for module in (finescope.flows.curate, finescope.flows.pipeline, finescope.flows.prune, finescope.flows.sweep):
         for name, value in vars(module).items():
             if isinstance(value, Task):
                 monkeypatch.setattr(module, name, Direct(value))
             elif isinstance(value, Flow):
                 monkeypatch.setattr(module, name, value.fn)
-    monkeypatch.setattr(finescope.flows.finescope, "publish_report", stages.report)
-    monkeypatch.setattr(finescope.flows.finescope, "record_manifest", lambda root, refs: "")
+    monkeypatch.setattr(finescope.flows.pipeline, "publish_report", stages.report)
+    monkeypatch.setattr(finescope.flows.pipeline, "record_manifest", lambda root, refs: "")
     monkeypatch.setattr(finescope.flows.sweep, "publish_sweep", stages.sweep)
 
     def identities(config: RunConfig) -> dict[str, list[str]]:
         calls.clear()
-        finescope.flows.finescope.finescope(config)  # the flows, now plain functions
+        finescope.flows.pipeline.finescope(config)  # the flows, now plain functions
         finescope.flows.sweep.sweep(config)
         out: dict[str, list[str]] = {}
         for name, identity in calls:
