@@ -3,14 +3,22 @@
 The trainer is fed by a data provider that streams the dump's token sample from Parquet (one shard in memory at a
 time), so no HookedTransformer or activation store is involved and the same code reads local or s3:// shards.
 The result is a standard sae-lens folder (``SAE.load_from_disk`` loads it) plus ``metrics.json``.
+
+One document in ``HELD_OUT_EVERY`` of the sample (chosen by a stable hash of its id) is never trained on: its tokens
+give the figures in ``metrics.json`` (FVU, L0, dead latents), so they say how the SAE does on tokens it has not seen,
+and the incremental drift test compares new shards against a held-out figure, not an in-sample one. The in-sample
+FVU is kept beside them as ``train_fvu``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from finescope_core import storage
@@ -20,6 +28,7 @@ from finescope_core.coordinates import top_coordinates
 from finescope_core.formats import METRICS_FILE
 
 EVAL_TOKENS = 20_000
+HELD_OUT_EVERY = 10
 COORDINATES = "coordinates.json"
 
 
@@ -29,14 +38,45 @@ def _sae_lens():
     return sae_lens
 
 
+def held_out_documents(shard_uris: list[str]) -> set[str]:
+    """The sample's documents kept out of training: one in ``HELD_OUT_EVERY`` (at least one), by a stable hash of
+    the id, so that the same documents are held out in every process and run."""
+    ids = {doc_id for uri in shard_uris for doc_id in storage.read_parquet(uri, ["doc_id"])["doc_id"].to_pylist()}
+    if len(ids) < 2:
+        raise ValueError(f"the activation sample holds {len(ids)} document(s); an SAE needs at least two (one is held "
+                         "out to measure it): dump more documents")
+    ranked = sorted(ids, key=lambda doc_id: hashlib.blake2b(doc_id.encode(), digest_size=8).digest())
+    return set(ranked[: max(1, len(ranked) // HELD_OUT_EVERY)])
+
+
+def _sample_rows(uri: str, layer: int, documents: set[str], held_out: bool) -> pa.Table:
+    """One shard's sample rows of ``layer``, of the held-out documents or of the others."""
+    table = layer_rows(storage.read_parquet(uri), layer)
+    inside = pc.is_in(table["doc_id"], value_set=pa.array(sorted(documents), pa.string()))
+    return table.filter(inside if held_out else pc.invert(inside))
+
+
+def held_out_tokens(shard_uris: list[str], layer: int, documents: set[str]) -> np.ndarray:
+    """Up to ``EVAL_TOKENS`` token activations of the held-out documents."""
+    rows, count = [], 0
+    for uri in shard_uris:
+        rows.append(vectors(_sample_rows(uri, layer, documents, held_out=True)))
+        count += len(rows[-1])
+        if count >= EVAL_TOKENS:
+            break
+    return np.concatenate(rows)[:EVAL_TOKENS]
+
+
 def token_batches(shard_uris: list[str], layer: int, batch_size: int, seed: int,
-                  coordinates: list[int] | None = None) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches of token activations [batch, d_in], streaming one shard at a time."""
+                  coordinates: list[int] | None = None,
+                  exclude: set[str] | frozenset[str] = frozenset()) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches of token activations [batch, d_in], streaming one shard at a time (without the
+    documents in ``exclude``)."""
     rng = np.random.default_rng(seed)
     carry = np.empty((0, 0), dtype=np.float32)
     while True:
         for index in rng.permutation(len(shard_uris)):
-            rows = vectors(layer_rows(storage.read_parquet(shard_uris[index]), layer))
+            rows = vectors(_sample_rows(shard_uris[index], layer, set(exclude), held_out=False))
             if coordinates is not None:
                 rows = rows[:, coordinates]
             if not len(rows):
@@ -98,6 +138,7 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
         scores = np.array(storage.read_json(sensitivity_uri)[str(layer)])
         coordinates = top_coordinates(scores, cfg.input_coordinates)
         first = first[:, coordinates]
+    held_out = held_out_documents(shards)
     d_in = first.shape[1]
     sae = build_training_sae(d_in, cfg)
     steps = max(1, cfg.training_tokens // cfg.batch_size)
@@ -116,16 +157,21 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
         dead_feature_window=min(1000, max(20, steps // 20)),
         logger=sl.LoggingConfig(log_to_wandb=False),
     )
-    provider = token_batches(shards, layer, cfg.batch_size, cfg.seed, coordinates)
+    provider = token_batches(shards, layer, cfg.batch_size, cfg.seed, coordinates, held_out)
     trained = sl.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider).fit()
-    eval_acts = torch.from_numpy(np.array(first[:EVAL_TOKENS])).to(device)
+    unseen = held_out_tokens(shards, layer, held_out)
+    unseen = unseen if coordinates is None else unseen[:, coordinates]
+    seen = vectors(_sample_rows(shards[0], layer, held_out, held_out=False))[:EVAL_TOKENS]
+    seen = seen if coordinates is None else seen[:, coordinates]
     with storage.staged_directory(out_uri) as scratch:
         trained.save_inference_model(scratch)
         config = scratch / "cfg.json"  # sae-lens writes its keys in an order that varies by process
         storage.write_json(str(config), json.loads(config.read_text()))
         inference = sl.SAE.load_from_disk(str(scratch), device=device)
         metrics = {"layer": layer, "d_in": d_in, "d_sae": d_in * cfg.expansion, "steps": steps,
-                   **quality(inference, eval_acts)}
+                   **quality(inference, torch.from_numpy(np.ascontiguousarray(unseen)).to(device)),
+                   "eval": "held_out", "held_out_docs": len(held_out),
+                   "train_fvu": quality(inference, torch.from_numpy(np.ascontiguousarray(seen)).to(device))["fvu"]}
         storage.write_json(str(scratch / METRICS_FILE), metrics)
         if coordinates is not None:
             storage.write_json(str(scratch / COORDINATES), coordinates)

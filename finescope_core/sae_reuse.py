@@ -3,7 +3,8 @@
 A pool that grows by Parquet shards is re-curated shard by shard (``stages.shard``): only the shards not seen before
 are dumped and embedded. The SAE is kept across re-curations unless the new activations drift from those it was
 fitted on; drift is the SAE's fraction of variance unexplained (FVU) on the new shards' token sample relative to its
-FVU at fit time. A refit covers every shard, and then every shard is embedded again.
+FVU at fit time, both on tokens the SAE was not trained on (``sae`` holds documents out of training). A refit
+covers every shard, and then every shard is embedded again.
 
 The decision's state (which SAE is current and which shards it has covered) is a small JSON under the run root,
 keyed by the pool, model and dump/SAE settings. ``stages.incremental_sae`` applies the decision.
@@ -19,6 +20,7 @@ import torch
 
 from finescope_core import storage
 from finescope_core.activations import layer_rows, vectors
+from finescope_core.addressing import STAGE_VERSIONS
 from finescope_core.config import DumpConfig, SAEConfig
 from finescope_core.formats import Ref
 from finescope_core.sae import EVAL_TOKENS, load_sae, quality
@@ -38,12 +40,14 @@ class SaeChoice:
 def state_uri(root: str, pool_uri: str, model: Ref, dump: DumpConfig, sae: SAEConfig) -> str:
     """Where the SAE decision of this pool, model and settings is kept."""
     settings = sae.model_dump(mode="json", exclude={"refit_drift"})
-    key = storage.fingerprint(pool_uri, model["fingerprint"], dump.model_dump(mode="json"), settings)
+    key = storage.fingerprint(pool_uri, model["fingerprint"], dump.model_dump(mode="json"), settings,
+                              STAGE_VERSIONS["sae"])  # an SAE of an older version is not reused
     return storage.join(root, "state", f"incremental-{key}.json")
 
 
 def drift(sae_ref: Ref, acts: list[Ref], device: str = "cpu") -> float:
-    """Relative rise of the SAE's FVU on the token samples of ``acts`` over its FVU at fit time."""
+    """Relative rise of the SAE's FVU on the token samples of ``acts`` (new shards: tokens it has not seen) over
+    its FVU on held-out tokens at fit time."""
     model, coordinates = load_sae(sae_ref["uri"], device)
     layer = sae_ref["info"]["layer"]
     rows = []

@@ -9,7 +9,7 @@ from finescope_core import storage
 from finescope_core.activations import dump_activations
 from finescope_core.config import DumpConfig, SAEConfig
 from finescope_core.embed import embed_with_sae
-from finescope_core.sae import fit_sae, load_sae
+from finescope_core.sae import fit_sae, held_out_documents, held_out_tokens, load_sae, token_batches
 
 
 def test_sae_fits_saves_and_embeds(tiny_model: Path, tmp_path: Path):
@@ -22,6 +22,7 @@ def test_sae_fits_saves_and_embeds(tiny_model: Path, tmp_path: Path):
     metrics = fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae"), cfg)
     assert metrics["d_sae"] == 4 * metrics["d_in"] == 256
     assert 0 < metrics["fvu"] < 1 and 0 < metrics["l0"] <= 8
+    assert metrics["eval"] == "held_out" and metrics["held_out_docs"] == 2 and 0 < metrics["train_fvu"] < 1
     sae, coordinates = load_sae(str(tmp_path / "sae"))
     assert coordinates is None
     doc_ids, pooled = embed_with_sae(storage.join(acts, "tokens"), 1, sae, "mean")
@@ -64,3 +65,27 @@ def test_sae_on_gradient_selected_coordinates(tiny_model: Path, tmp_path: Path):
     assert pooled.shape == (16, 32)
     with pytest.raises(ValueError, match=r"dump\.sensitivity_docs"):
         fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae2"), cfg, sensitivity_uri=None)
+
+
+def test_held_out_documents_are_never_trained_on(tiny_model: Path, tmp_path: Path):
+    """The figures in metrics.json come from documents the SAE never saw: none of their token rows is in a batch."""
+    words = ("River Mountain Planet Garden Window Silver Forest Market Doctor Engine Castle Pencil Orange Violin "
+             "Rocket Harbor Winter Coffee Bottle Tiger").split()  # distinct first words: no two documents share a row
+    texts = [f"{word} is the subject of this short note about {'rivers' if i % 2 else 'stars'}." for i, word in
+             enumerate(words)]
+    acts = str(tmp_path / "acts")
+    dump_activations(tiny_model, [f"n{i}" for i in range(20)], texts, acts,
+                     DumpConfig(layers=[1], shard_docs=7, sae_sample_tokens=10_000))
+    shards = storage.listdir(storage.join(acts, "sample"), ".parquet")
+    held_out = held_out_documents(shards)
+    assert held_out == held_out_documents(list(reversed(shards))) and len(held_out) == 2
+    unseen = {row.tobytes() for row in held_out_tokens(shards, 1, held_out)}
+    batches = token_batches(shards, 1, 16, seed=0, exclude=held_out)
+    trained = {row.tobytes() for _ in range(40) for row in next(batches).numpy()}
+    assert unseen and trained and not unseen & trained
+    everything = token_batches(shards, 1, 16, seed=0)
+    assert unseen & {row.tobytes() for _ in range(40) for row in next(everything).numpy()}  # the check can fail
+    single = str(tmp_path / "single")
+    dump_activations(tiny_model, ["a"], ["one document alone"], single, DumpConfig(layers=[1]))
+    with pytest.raises(ValueError, match="at least two"):
+        fit_sae([storage.join(single, "sample")], 1, str(tmp_path / "sae"), SAEConfig())
