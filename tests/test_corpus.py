@@ -256,3 +256,16 @@ def test_seed_files_have_fifteen_documents(domain: str) -> None:
         assert set(row) == {"text", "prompt", "response"} and all(isinstance(v, str) for v in row.values())
         assert row["text"].startswith(row["prompt"]) and row["text"].endswith(row["response"])
         assert len(row["text"].split()) >= 20
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_prose_seed_files_follow_no_pool_template(domain: str) -> None:
+    """The second seed style: fifteen plain texts, none in the question/answer, problem/solution or test-case shape
+    of the pool's sources, so that a selection cannot succeed by matching a template."""
+    lines = (ROOT / "seeds" / "prose" / f"{domain}.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 15
+    for line in lines:
+        row = json.loads(line)
+        assert set(row) == {"text"} and len(row["text"].split()) >= 20
+        assert not any(marker in row["text"] for marker in ("Question:", "Answer:", "Problem:", "Solution:",
+                                                              "The answer is", "should pass these tests"))
