@@ -2,9 +2,11 @@
 
 Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layer L] [--max-tokens 64] [--pooling idf]
        [--power 0.5]
-For every demo domain, each of two seed files selects M documents (M in 100, 500) from the same mixed pool with each
-method: ``seeds/<domain>.jsonl``, written in the template of one of the domain's pool sources, and
-``seeds/prose/<domain>.jsonl``, plain statements and short notes in no source's template. Two measures:
+Methods: sae (FineScope's default), minilm (a sentence embedder), raw_act (pooled activations), random, and two
+variants: sae_feedback (pseudo-relevance feedback from the top 20 of the SAE ranking) and hybrid (the SAE's and MiniLM's
+standardised scores averaged). For every demo domain, each of two seed files selects M documents (M in 100, 500) from
+the same mixed pool with each method: ``seeds/<domain>.jsonl``, written in the template of one of the domain's pool
+sources, and ``seeds/prose/<domain>.jsonl``, plain statements and short notes in no source's template. Two measures:
 - precision@M: the fraction of selected documents whose source domain is the target (labels);
 - KL reduction at M = 500 (DSIR's, ``finescope_core.kl_reduction``): how much closer the selection's hashed word
   n-gram distribution is to the domain's held-out documents than the pool's is (no labels).
@@ -37,11 +39,12 @@ from finescope_core.evaluate import read_docs
 from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
 from finescope_core.kl_reduction import kl_reduction
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import max_cosine, select_top
+from finescope_core.select import combined_scores, feedback_scores, max_cosine, select_top
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (100, 500)
-METHODS = ("sae", "minilm", "raw_act", "random")
+METHODS = ("sae", "minilm", "raw_act", "random", "sae_feedback", "hybrid")
+FEEDBACK_DOCS = 20  # set before any run, not tuned
 SEED_STYLES = {"template": REPO / "seeds", "other": REPO / "seeds" / "prose"}
 TUNED_ON = ["medicine", "math", "science", "code", "general"]  # where pooling and power were chosen (template seeds)
 KL_BUDGET = 500
@@ -113,12 +116,14 @@ def main() -> None:
             pool_vectors["sae"], seed_vectors["sae"] = selection_vectors(pool_codes, seed_vectors["sae"],
                                                                          args.pooling, args.power)
             suffix = "" if style == "template" else "_other_seeds"
-            for method in METHODS:
-                if method == "random":
-                    rng = np.random.default_rng(0)
-                    scores, vectors = rng.random(len(order)), rng.standard_normal((len(order), 64))
-                else:
-                    scores, vectors = max_cosine(pool_vectors[method], seed_vectors[method]), pool_vectors[method]
+            rng = np.random.default_rng(0)
+            ranked = {method: (max_cosine(pool_vectors[method], seed_vectors[method]), pool_vectors[method])
+                      for method in ("sae", "minilm", "raw_act")}
+            ranked["random"] = rng.random(len(order)), rng.standard_normal((len(order), 64))
+            ranked["sae_feedback"] = (feedback_scores(pool_vectors["sae"], seed_vectors["sae"], FEEDBACK_DOCS),
+                                      pool_vectors["sae"])
+            ranked["hybrid"] = combined_scores(ranked["sae"][0], ranked["minilm"][0]), pool_vectors["minilm"]
+            for method, (scores, vectors) in ranked.items():
                 for budget in BUDGETS:
                     chosen = select_top(scores, vectors, texts, budget, None,
                                         SelectConfig().near_duplicate_cosine, contamination)

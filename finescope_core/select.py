@@ -33,6 +33,25 @@ def max_cosine(docs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return scores
 
 
+def feedback_scores(docs: np.ndarray, seeds: np.ndarray, top: int) -> np.ndarray:
+    """Pseudo-relevance feedback (Rocchio): the seeds' max cosine averaged with the cosine to the centroid of the
+    ``top`` documents that score best against the seeds. The top of a first ranking is written in the pool's own
+    style, so it can bridge seeds written in another; ``top`` = 0 gives plain max cosine."""
+    scores = max_cosine(docs, seeds)
+    if top == 0:
+        return scores
+    best = np.argsort(-scores, kind="stable")[:top]
+    centroid = l2_normalise(np.asarray(docs[best], np.float32)).mean(0, keepdims=True)
+    return (scores + max_cosine(docs, centroid)) / 2
+
+
+def combined_scores(*scores: np.ndarray) -> np.ndarray:
+    """The mean of several methods' scores, each standardised over the pool (mean 0, standard deviation 1), so that
+    no method's scale decides the ranking."""
+    standardised = [(s - s.mean()) / max(float(s.std()), 1e-12) for s in (np.asarray(x, np.float64) for x in scores)]
+    return np.mean(standardised, axis=0)
+
+
 def text_key(text: str) -> str:
     """Exact-duplicate key: the text with case and whitespace folded."""
     return hashlib.sha1(re.sub(r"\s+", " ", text.strip().lower()).encode()).hexdigest()

@@ -6,7 +6,7 @@ import pytest
 
 from finescope_core.embed import l2_normalise
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import max_cosine, select_top
+from finescope_core.select import combined_scores, feedback_scores, max_cosine, select_top
 
 
 def test_max_cosine_is_the_best_seed_cosine():
@@ -30,3 +30,22 @@ def test_select_top_skips_duplicates_and_contamination():
     assert select_top(scores, vectors, texts, budget=5, threshold=0.65).indices == [0]
     with pytest.raises(ValueError, match=r"select\.budget=9 is larger than the pool"):
         select_top(scores, vectors, texts, budget=9)
+
+
+def test_feedback_reaches_documents_near_the_top_ranked_ones():
+    """A seed close to one pool document only: feedback from that document lifts its neighbours above a document
+    that is as close to the seed but unlike the top of the ranking."""
+    seed = np.array([[1.0, 0.0, 0.0]])
+    docs = np.array([[0.9, 0.44, 0.0], [0.5, 0.86, 0.0], [0.5, 0.0, 0.86], [0.0, 0.0, 1.0]])
+    plain = max_cosine(docs, seed)
+    assert np.isclose(plain[1], plain[2])
+    lifted = feedback_scores(docs, seed, top=1)
+    assert lifted[1] > lifted[2] and np.argmax(lifted) == 0
+    assert np.allclose(feedback_scores(docs, seed, top=0), plain)
+
+
+def test_combined_scores_weigh_methods_equally_whatever_their_scale():
+    a, b = np.array([0.1, 0.2, 0.3]), np.array([300.0, 100.0, 200.0])
+    combined = combined_scores(a, b)
+    assert np.allclose(combined, combined_scores(a * 10, b / 7)) and np.isclose(combined.mean(), 0)
+    assert np.argmax(combined) == 2
