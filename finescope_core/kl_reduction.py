@@ -3,8 +3,10 @@
 A selection is good when its text looks like the target domain, whatever its documents' labels say. Each text is
 reduced to hashed word unigrams and bigrams (``ngrams.ngram_hashes``, into ``BUCKETS`` buckets), a smoothed
 distribution is fitted to each set of texts, and the KL reduction is how much closer the selection's distribution is to
-a held-out sample of the target domain than the pool's: KL(target || pool) - KL(target || selected), in nats.
-Positive means the selection moved towards the domain; 0 means it is no closer than the pool itself.
+a held-out sample of the target domain than a baseline's: KL(target || baseline) - KL(target || selected), in nats.
+As in DSIR, the baseline is a random selection of the same size from the same pool (a smaller sample has a flatter
+smoothed distribution, so comparing with the whole pool would penalise every selection). Positive means the
+selection moved towards the domain; 0 means it is no closer than chance.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p * (np.log(p) - np.log(q))))
 
 
-def kl_reduction(target: Iterable[str], selected: Iterable[str], pool: Iterable[str]) -> float:
-    """KL(target || pool) - KL(target || selected): how much closer the selection is to the target than the pool."""
+def kl_reduction(target: Iterable[str], selected: Iterable[str], baseline: Iterable[str]) -> float:
+    """KL(target || baseline) - KL(target || selected): how much closer the selection is to the target than the
+    baseline (a random selection of the same size)."""
     reference = ngram_distribution(target)
-    return kl_divergence(reference, ngram_distribution(pool)) - kl_divergence(reference, ngram_distribution(selected))
+    before, after = ngram_distribution(baseline), ngram_distribution(selected)
+    return kl_divergence(reference, before) - kl_divergence(reference, after)
