@@ -117,35 +117,49 @@ def test_unsupported_architecture_lists_the_supported(tmp_path: Path, tiny_model
         prune_model(folder, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.1))
 
 
-@pytest.mark.integration
-def test_smollm2_quarter_pruned_reloads_exactly(smollm2: Path, tmp_path: Path):
-    report = prune_model(smollm2, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.25, calibration_samples=2))
-    assert abs(report["removed_fraction"] - 0.25) < 0.005
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "p").eval()
-    assert count_parameters(reloaded) == report["params_after"]
-    ids = torch.randint(0, 49152, (1, 16))
-    with torch.no_grad():
-        assert torch.equal(reloaded(input_ids=ids).logits, load_model(tmp_path / "p")(input_ids=ids).logits)
-
-
-@pytest.mark.integration
-def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, repo: Path, tmp_path: Path):
-    """On the real model, the default (OBS choice + least-squares refit) keeps held-out perplexity well below
-    LLM-Pruner's first-order Taylor scoring without refit, at the same 25% cut and calibration text."""
+@pytest.fixture(scope="module")
+def seed_texts(repo: Path) -> tuple[list[str], list[str]]:
+    """The seed files' texts, split into held-out text (every fifth) and calibration text (the rest)."""
     import json
-
-    from finescope_core.evaluate import document_scores
-    from finescope_core.formats import Document
 
     texts = [json.loads(line)["text"] for path in sorted((repo / "seeds").glob("*.jsonl"))
              for line in path.read_text().splitlines() if line.strip()]
-    held_out, calibration = texts[::5], [t for i, t in enumerate(texts) if i % 5]
+    return texts[::5], [t for i, t in enumerate(texts) if i % 5]
+
+
+@pytest.fixture(scope="module")
+def quarter_pruned(smollm2: Path, seed_texts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """SmolLM2 pruned by 25% with the default method (OBS choice and least-squares refit): the folder and report."""
+    out = tmp_path_factory.mktemp("pruned") / "default"
+    return out, prune_model(smollm2, seed_texts[1], out, PruneConfig(ratio=0.25, calibration_samples=32))
+
+
+@pytest.mark.integration
+def test_smollm2_quarter_pruned_reloads_exactly(quarter_pruned: tuple[Path, dict]):
+    folder, report = quarter_pruned
+    assert abs(report["removed_fraction"] - 0.25) < 0.005
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert count_parameters(reloaded) == report["params_after"]
+    ids = torch.randint(0, 49152, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, load_model(folder)(input_ids=ids).logits)
+
+
+@pytest.mark.integration
+def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, seed_texts, quarter_pruned,
+                                                                 tmp_path: Path):
+    """On the real model, the default (OBS choice + least-squares refit) keeps held-out perplexity well below
+    LLM-Pruner's first-order Taylor scoring without refit, at the same 25% cut and calibration text."""
+    from finescope_core.evaluate import document_scores
+    from finescope_core.formats import Document
+
+    held_out, calibration = seed_texts
+    taylor = PruneConfig(ratio=0.25, calibration_samples=32, importance="taylor", reconstruct=False)
+    prune_model(smollm2, calibration, tmp_path / "taylor", taylor)
     tokenizer = load_tokenizer(smollm2)
     docs = [Document(str(i), text) for i, text in enumerate(held_out)]
     ppl = {}
-    for label, settings in {"default": {}, "taylor": {"importance": "taylor", "reconstruct": False}}.items():
-        cfg = PruneConfig(ratio=0.25, calibration_samples=32, **settings)
-        prune_model(smollm2, calibration, tmp_path / label, cfg)
-        scores = document_scores(load_model(tmp_path / label), tokenizer, docs, 128, 8)
+    for label, folder in {"default": quarter_pruned[0], "taylor": tmp_path / "taylor"}.items():
+        scores = document_scores(load_model(folder), tokenizer, docs, 128, 8)
         ppl[label] = math.exp(sum(scores["nll"]) / sum(scores["tokens"]))
     assert ppl["default"] < 0.5 * ppl["taylor"], ppl
