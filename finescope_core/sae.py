@@ -169,9 +169,9 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
         storage.write_json(str(config), json.loads(config.read_text()))
         inference = sl.SAE.load_from_disk(str(scratch), device=device)
         metrics = {"layer": layer, "d_in": d_in, "d_sae": d_in * cfg.expansion, "steps": steps,
-                   **quality(inference, torch.from_numpy(np.ascontiguousarray(unseen)).to(device)),
+                   **quality(inference, torch.tensor(unseen, device=device)),
                    "eval": "held_out", "held_out_docs": len(held_out),
-                   "train_fvu": quality(inference, torch.from_numpy(np.ascontiguousarray(seen)).to(device))["fvu"]}
+                   "train_fvu": quality(inference, torch.tensor(seen, device=device))["fvu"]}
         storage.write_json(str(scratch / METRICS_FILE), metrics)
         if coordinates is not None:
             storage.write_json(str(scratch / COORDINATES), coordinates)
