@@ -49,18 +49,27 @@ def held_out_documents(shard_uris: list[str]) -> set[str]:
     return set(ranked[: max(1, len(ranked) // HELD_OUT_EVERY)])
 
 
-def _sample_rows(uri: str, layer: int, documents: set[str], held_out: bool) -> pa.Table:
-    """One shard's sample rows of ``layer``, of the held-out documents or of the others."""
+def _sample_rows(uri: str, layer: int, documents: pa.Array | None = None, inside: bool = True) -> pa.Table:
+    """One shard's sample rows of ``layer``: all of them, or those of ``documents`` (``inside``) or of the others."""
     table = layer_rows(storage.read_parquet(uri), layer)
-    inside = pc.is_in(table["doc_id"], value_set=pa.array(sorted(documents), pa.string()))
-    return table.filter(inside if held_out else pc.invert(inside))
+    if documents is None:
+        return table
+    member = pc.is_in(table["doc_id"], value_set=documents)
+    return table.filter(member if inside else pc.invert(member))
 
 
-def held_out_tokens(shard_uris: list[str], layer: int, documents: set[str]) -> np.ndarray:
-    """Up to ``EVAL_TOKENS`` token activations of the held-out documents."""
+def _id_array(documents: set[str] | frozenset[str]) -> pa.Array | None:
+    """Document ids as the value set ``_sample_rows`` filters by (None for no documents: no filter)."""
+    return pa.array(sorted(documents), pa.string()) if documents else None
+
+
+def sample_tokens(shard_uris: list[str], layer: int, documents: set[str] | None = None) -> np.ndarray:
+    """Up to ``EVAL_TOKENS`` token activations of ``layer``, in shard order: of ``documents`` only when given (the
+    held-out ones), else of every document. Shards after the last one needed are not read."""
+    ids = None if documents is None else pa.array(sorted(documents), pa.string())
     rows, count = [], 0
     for uri in shard_uris:
-        rows.append(vectors(_sample_rows(uri, layer, documents, held_out=True)))
+        rows.append(vectors(_sample_rows(uri, layer, ids)))
         count += len(rows[-1])
         if count >= EVAL_TOKENS:
             break
@@ -74,9 +83,10 @@ def token_batches(shard_uris: list[str], layer: int, batch_size: int, seed: int,
     documents in ``exclude``)."""
     rng = np.random.default_rng(seed)
     carry = np.empty((0, 0), dtype=np.float32)
+    excluded = _id_array(exclude)
     while True:
         for index in rng.permutation(len(shard_uris)):
-            rows = vectors(_sample_rows(shard_uris[index], layer, set(exclude), held_out=False))
+            rows = vectors(_sample_rows(shard_uris[index], layer, excluded, inside=False))
             if coordinates is not None:
                 rows = rows[:, coordinates]
             if not len(rows):
@@ -159,9 +169,9 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
     )
     provider = token_batches(shards, layer, cfg.batch_size, cfg.seed, coordinates, held_out)
     trained = sl.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider).fit()
-    unseen = held_out_tokens(shards, layer, held_out)
+    unseen = sample_tokens(shards, layer, held_out)
     unseen = unseen if coordinates is None else unseen[:, coordinates]
-    seen = vectors(_sample_rows(shards[0], layer, held_out, held_out=False))[:EVAL_TOKENS]
+    seen = vectors(_sample_rows(shards[0], layer, _id_array(held_out), inside=False))[:EVAL_TOKENS]
     seen = seen if coordinates is None else seen[:, coordinates]
     with storage.staged_directory(out_uri) as scratch:
         trained.save_inference_model(scratch)

@@ -15,15 +15,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 from finescope_core import storage
-from finescope_core.activations import layer_rows, vectors
 from finescope_core.addressing import STAGE_VERSIONS
 from finescope_core.config import DumpConfig, SAEConfig
 from finescope_core.formats import Ref
-from finescope_core.sae import EVAL_TOKENS, load_sae, quality
+from finescope_core.sae import load_sae, quality, sample_tokens
 
 
 @dataclass(frozen=True)
@@ -49,15 +47,11 @@ def drift(sae_ref: Ref, acts: list[Ref], device: str = "cpu") -> float:
     """Relative rise of the SAE's FVU on the token samples of ``acts`` (new shards: tokens it has not seen) over
     its FVU on held-out tokens at fit time."""
     model, coordinates = load_sae(sae_ref["uri"], device)
-    layer = sae_ref["info"]["layer"]
-    rows = []
-    for ref in acts:
-        for shard in storage.listdir(storage.join(ref["uri"], "sample"), ".parquet"):
-            rows.append(vectors(layer_rows(storage.read_parquet(shard), layer)))
-    tokens = np.concatenate(rows)[:EVAL_TOKENS]
+    shards = [shard for ref in acts for shard in storage.listdir(storage.join(ref["uri"], "sample"), ".parquet")]
+    tokens = sample_tokens(shards, sae_ref["info"]["layer"])
     if coordinates is not None:
         tokens = tokens[:, coordinates]
-    fvu = quality(model, torch.from_numpy(np.ascontiguousarray(tokens)).to(device))["fvu"]
+    fvu = quality(model, torch.tensor(tokens, device=device))["fvu"]
     return fvu / max(sae_ref["info"]["fvu"], 1e-12) - 1
 
 

@@ -445,7 +445,7 @@ def report(root: str, results: dict[str, Ref], title: str, speed_ref: Ref | None
 
 
 def sweep(root: str, results: dict[str, Ref], ratios: dict[str, float], domain: str, metric: str,
-                 keep: float) -> Ref:
+          keep: float) -> Ref:
     """The size/quality sweep's table and Pareto plot, and the smallest model that keeps ``keep`` of the base."""
     from finescope_core.sweep import write_sweep_report
 

@@ -9,7 +9,7 @@ from finescope_core import storage
 from finescope_core.activations import dump_activations
 from finescope_core.config import DumpConfig, SAEConfig
 from finescope_core.embed import embed_with_sae
-from finescope_core.sae import fit_sae, held_out_documents, held_out_tokens, load_sae, token_batches
+from finescope_core.sae import fit_sae, held_out_documents, load_sae, sample_tokens, token_batches
 
 
 def test_sae_fits_saves_and_embeds(tiny_model: Path, tmp_path: Path):
@@ -79,7 +79,7 @@ def test_held_out_documents_are_never_trained_on(tiny_model: Path, tmp_path: Pat
     shards = storage.listdir(storage.join(acts, "sample"), ".parquet")
     held_out = held_out_documents(shards)
     assert held_out == held_out_documents(list(reversed(shards))) and len(held_out) == 2
-    unseen = {row.tobytes() for row in held_out_tokens(shards, 1, held_out)}
+    unseen = {row.tobytes() for row in sample_tokens(shards, 1, held_out)}
     batches = token_batches(shards, 1, 16, seed=0, exclude=held_out)
     trained = {row.tobytes() for _ in range(40) for row in next(batches).numpy()}
     assert unseen and trained and not unseen & trained
