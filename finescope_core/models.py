@@ -74,10 +74,12 @@ def resolve(name: str, cache_dir: Path = storage.LOCAL_CACHE) -> Path:
     """A local transformers folder for ``name``: a registry name, a local folder, or a hub id."""
     if name in REGISTRY:
         target = cache_dir / "models" / name
-        if not storage.is_complete(str(target)):
-            with storage.staged_directory(str(target)) as scratch:
-                REGISTRY[name](scratch)
-                storage.mark_complete(str(scratch), {"fingerprint": name, "files": storage.file_hashes(str(scratch))})
+        with storage.exclusive(str(target)):  # processes resolving at once convert once, and none reads a half copy
+            if not storage.is_complete(str(target)):
+                with storage.staged_directory(str(target)) as scratch:
+                    REGISTRY[name](scratch)
+                    storage.mark_complete(str(scratch), {"fingerprint": name,
+                                                         "files": storage.file_hashes(str(scratch))})
         return target
     path = Path(name).expanduser()
     if path.exists():

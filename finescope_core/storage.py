@@ -297,11 +297,28 @@ def fetch_directory(uri: str, cache_root: Path = ARTIFACT_CACHE) -> Path:
     marker = read_marker(uri) if is_complete(uri) else {}
     key = fingerprint(uri, marker.get("fingerprint", ""))
     target = cache_root / key
-    if not target.exists():
-        with staged_directory(str(target)) as scratch:
-            fs, path = filesystem(uri)
-            fs.get(path.rstrip("/") + "/", str(scratch) + "/", recursive=True)
+    with exclusive(str(target)):  # processes fetching at once download once, and none reads a half copy
+        if not target.exists():
+            with staged_directory(str(target)) as scratch:
+                fs, path = filesystem(uri)
+                fs.get(path.rstrip("/") + "/", str(scratch) + "/", recursive=True)
     return target
+
+
+def transient_error(exc: BaseException) -> bool:
+    """Whether a storage failure may pass on its own (the network or the store's server dropped out), so that the
+    work is worth retrying; a missing file or a refused permission is bad input and fails the same way again.
+    Object-store clients raise their connection failures as botocore errors, which are not ``OSError``s."""
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from botocore.exceptions import ConnectionError as StoreConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no object-store client installed
+        return False
+    return isinstance(exc, (StoreConnectionError, HTTPClientError))
 
 
 def check_writable(uri: str) -> None:

@@ -89,12 +89,11 @@ def retry_on_io_errors(task: Any, task_run: Any, state: Any) -> bool:
     """Retry transient storage/network failures, never bad input (it would fail the same way again)."""
     try:
         state.result()
-    except (OSError, ConnectionError, TimeoutError) as exc:
-        return not isinstance(exc, (FileNotFoundError, PermissionError))
-    except Exception:
-        return False
+    except Exception as exc:
+        return storage.transient_error(exc)
     return False
 
 
-RETRY_IO = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io_errors}
+# Waits between tries that outlast a store's restart (about a minute and a half in all).
+RETRY_IO = {"retries": 3, "retry_delay_seconds": [5, 20, 60], "retry_condition_fn": retry_on_io_errors}
 io_task = task(**RETRY_IO)  # a task retried on transient storage errors and never cached: it reads its inputs each run

@@ -98,3 +98,24 @@ def test_the_dtype_and_device_a_stage_computes_in_are_part_of_its_id(tiny_model:
                       ModelConfig(device="cuda:1")):
         stages.evaluation(root, model, docs, ["medicine"], EvalConfig(), model_cfg)
     assert len(seen) == 3  # float32 on the CPU, bfloat16, and CUDA (whichever card)
+
+
+class FailedState:
+    """A task run's final state whose result raises ``error``."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def result(self) -> None:
+        raise self.error
+
+
+def test_a_task_retries_when_the_store_or_network_drops_out_but_not_on_bad_input():
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+    from finescope.tasks.caching import retry_on_io_errors
+
+    dropped = [EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket/key"),
+               ReadTimeoutError(endpoint_url="http://127.0.0.1:9"), ConnectionResetError(), TimeoutError()]
+    bad_input = [FileNotFoundError("s3://bucket/pool"), PermissionError("s3://bucket"), ValueError("budget")]
+    assert [retry_on_io_errors(None, None, FailedState(error)) for error in dropped] == [True] * len(dropped)
+    assert [retry_on_io_errors(None, None, FailedState(error)) for error in bad_input] == [False] * len(bad_input)

@@ -1,3 +1,5 @@
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,20 @@ def test_registry_conversion_is_atomic(tmp_path: Path, monkeypatch):
     with pytest.raises(RuntimeError):
         models.resolve("crashy", cache_dir=tmp_path)
     assert not (tmp_path / "models" / "crashy").exists()
+
+
+def test_processes_resolving_one_model_at_once_convert_it_once(tmp_path: Path, monkeypatch):
+    converted = []
+
+    def slow(out_dir: Path) -> None:
+        converted.append(out_dir)
+        time.sleep(0.5)  # the second caller arrives during the conversion
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setitem(models.REGISTRY, "slow", slow)
+    with ThreadPoolExecutor(2) as callers:
+        folders = list(callers.map(lambda _: models.resolve("slow", cache_dir=tmp_path), range(2)))
+    assert len(converted) == 1 and folders[0] == folders[1] and (folders[0] / "config.json").is_file()
 
 
 def test_model_folder_without_weights(tmp_path: Path):
