@@ -24,8 +24,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/finescope run configs/demo.yaml
 
+# One test worker per CPU; a test file stays on one worker, so its module fixtures are built once.
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n logical --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -13,6 +16,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import httpx
 import pytest
 import torch
 
@@ -52,6 +56,35 @@ def free_port() -> Callable[[], int]:
             return sock.getsockname()[1]
 
     return port
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory, free_port) -> Iterator[dict[str, str]]:
+    """One Prefect server for the session's CLI runs, so that each run does not start a temporary one of its own (about
+    10 s each); yields the environment that points a client at it. Runs that test the temporary server (the
+    reaper's) leave it out."""
+    home, port = tmp_path_factory.mktemp("prefect-server"), free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"}
+    log = home / "server.log"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers(f"{api}/health"):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield {"PREFECT_API_URL": api}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 WORDS = "patient dose trial fever insulin tumour cardiac renal sepsis biopsy algebra proof integer prime".split()

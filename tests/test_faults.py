@@ -37,12 +37,12 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def cli(repo: Path, home: Path, output: Path, kill_at: str | None = None) -> subprocess.Popen:
+def cli(repo: Path, api: dict[str, str], output: Path, kill_at: str | None = None) -> subprocess.Popen:
     args = ["run", "configs/tiny.yaml", "--set", f"output={output}", "--set", "recover.targets=self_distilled"]
     command = [sys.executable, "-c", KILLED_AT, kill_at, *args] if kill_at else [sys.executable, "-m", "finescope.cli",
                                                                                  *args]
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(command, cwd=repo, env={**os.environ, **api}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def finished(process: subprocess.Popen) -> int:
@@ -64,10 +64,10 @@ def hidden_leftovers(output: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(repo: Path, tmp_path_factory) -> Path:
+def uninterrupted(repo: Path, tmp_path_factory, prefect_api: dict[str, str]) -> Path:
     """Two runs of one config started at once against one output: both finish."""
-    output, home = tmp_path_factory.mktemp("together") / "run", tmp_path_factory.mktemp("prefect-home")
-    runs = [cli(repo, home / str(i), output) for i in range(2)]
+    output = tmp_path_factory.mktemp("together") / "run"
+    runs = [cli(repo, prefect_api, output) for _ in range(2)]
     assert [finished(run) for run in runs] == [0, 0]
     return output
 
@@ -77,13 +77,13 @@ def test_two_runs_at_once_share_every_artifact(uninterrupted: Path):
     assert made >= set(STAGES) and not hidden_leftovers(uninterrupted)
 
 
-def test_a_run_killed_at_each_stage_resumes_to_the_artifacts_of_an_uninterrupted_one(repo: Path, tmp_path: Path,
-                                                                                     uninterrupted: Path):
-    output, home = tmp_path / "run", tmp_path / "prefect-home"
+def test_a_run_killed_at_each_stage_resumes_to_the_artifacts_of_an_uninterrupted_one(
+        repo: Path, tmp_path: Path, uninterrupted: Path, prefect_api: dict[str, str]):
+    output = tmp_path / "run"
     for stage in STAGES:
-        assert finished(cli(repo, home, output, kill_at=stage)) == -9, stage
+        assert finished(cli(repo, prefect_api, output, kill_at=stage)) == -9, stage
         assert not (output / "manifest.json").exists()
-    assert finished(cli(repo, home, output)) == 0
+    assert finished(cli(repo, prefect_api, output)) == 0
     assert artifacts(output) == artifacts(uninterrupted)
     assert not hidden_leftovers(output)
 
@@ -156,7 +156,8 @@ def start_moto(port: int, recording: Path) -> subprocess.Popen:
             time.sleep(0.1)
 
 
-def test_a_run_to_object_storage_survives_a_restart_of_the_server(repo: Path, tmp_path: Path, free_port):
+def test_a_run_to_object_storage_survives_a_restart_of_the_server(repo: Path, tmp_path: Path, free_port,
+                                                                  prefect_api: dict[str, str]):
     import httpx
     import s3fs
 
@@ -166,7 +167,7 @@ def test_a_run_to_object_storage_survives_a_restart_of_the_server(repo: Path, tm
         direct = s3fs.S3FileSystem(key="moto", secret="moto", endpoint_url=f"http://127.0.0.1:{port}")
         direct.mkdir("bucket")
         gate = Gate(port, free_port())
-        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "AWS_ACCESS_KEY_ID": "moto",
+        env = {**os.environ, **prefect_api, "AWS_ACCESS_KEY_ID": "moto",
                "AWS_SECRET_ACCESS_KEY": "moto", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{gate.port}"}
         run = subprocess.Popen([sys.executable, "-m", "finescope.cli", "run", "configs/tiny.yaml", "--set",
                                 "output=s3://bucket/run"], cwd=repo, env=env, stdout=subprocess.PIPE,

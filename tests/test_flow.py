@@ -4,24 +4,32 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from finescope_core import storage
 
 
-def finescope(repo: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    done = subprocess.run([sys.executable, "-m", "finescope.cli", *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+@pytest.fixture
+def finescope(repo: Path, tmp_path: Path, prefect_api: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+    """Runs the CLI with the given arguments against the session's Prefect server; it must succeed."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), **prefect_api}
+        done = subprocess.run([sys.executable, "-m", "finescope.cli", *args], cwd=repo, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    return run
 
 
-def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
+def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope):
     out = tmp_path / "run"
-    first = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
+    first = finescope("run", "configs/tiny.yaml", "--set", f"output={out}")
     report_line = next(line for line in first.stdout.splitlines() if line.startswith("Report: "))
     report = Path(report_line.removeprefix("Report: "))
     assert report.is_file() and report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -43,18 +51,18 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     assert not (Path(manifest["recovered"]["uri"]) / "checkpoint").exists()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
-    second = finescope(repo, tmp_path, "run", "configs/tiny.yaml", "--set", f"output={out}")
+    second = finescope("run", "configs/tiny.yaml", "--set", f"output={out}")
     recomputed = [line for line in second.stderr.splitlines() if "(computed)" in line and " model: " not in line]
     assert recomputed == []  # only the model lookup runs again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
 
-    curated = finescope(repo, tmp_path, "curate", "--config", "configs/tiny.yaml", "--out", str(out),
+    curated = finescope("curate", "--config", "configs/tiny.yaml", "--out", str(out),
                            "--seeds", "seeds/medicine.jsonl", "--budget", "20")
     line = next(line for line in curated.stdout.splitlines() if line.startswith("Curated: "))
     assert line.startswith(f"Curated: {manifest['curated']['uri']}/curated.parquet (20 documents)")
 
     calibration = Path(manifest["curated"]["uri"]) / "curated.parquet"
-    pruned = finescope(repo, tmp_path, "prune", "--config", "configs/tiny.yaml", "--out", str(tmp_path / "alone"),
+    pruned = finescope("prune", "--config", "configs/tiny.yaml", "--out", str(tmp_path / "alone"),
                        "--calibration", str(calibration), "--ratio", "0.01")
     line = next(line for line in pruned.stdout.splitlines() if line.startswith("Pruned: "))
     folder = Path(line.removeprefix("Pruned: ").split(" (")[0])
@@ -62,9 +70,9 @@ def test_tiny_flow_end_to_end_then_cached(repo: Path, tmp_path: Path):
     assert json.loads((folder / "pruning.json").read_text())["params_after"] == metrics["pruned"]["params"]
 
 
-def test_sweep_prunes_and_recovers_at_each_ratio_and_picks_the_smallest_that_keeps_enough(repo, tmp_path):
+def test_sweep_prunes_and_recovers_at_each_ratio_and_picks_the_smallest_that_keeps_enough(tmp_path, finescope):
     out = tmp_path / "run"
-    done = finescope(repo, tmp_path, "sweep", "configs/tiny.yaml", "--ratios", "0.016", "0.008", "--keep", "0.5",
+    done = finescope("sweep", "configs/tiny.yaml", "--ratios", "0.016", "0.008", "--keep", "0.5",
                      "--set", f"output={out}")
     sweep_md = Path(next(line for line in done.stdout.splitlines() if line.startswith("Sweep: ")).split(": ", 1)[1])
     summary = json.loads(sweep_md.with_suffix(".json").read_text())

@@ -34,16 +34,25 @@ class Service:
     deployments: dict[str, str]  # name -> id
     worker_log: Path
 
-    def post(self, path: str, **body) -> httpx.Response:
-        """An authenticated POST that must succeed; a failure shows the server's answer."""
-        response = httpx.post(f"{self.api}{path}", json=body, auth=self.auth, timeout=30)
-        assert response.is_success, f"POST {path}: {response.status_code} {response.text[:2000]}"
+    def request(self, method: str, path: str, **body) -> httpx.Response:
+        """An authenticated request that must succeed; a failure shows the server's answer. A 503 (the server's
+        database busy, which Prefect marks retryable) is retried, as Prefect's own client does."""
+        for wait in (1, 2, 4, 8, 16, 0):
+            response = httpx.request(method, f"{self.api}{path}", json=body if method == "POST" else None,
+                                     auth=self.auth, timeout=30)
+            if response.status_code != 503 or not wait:
+                break
+            time.sleep(wait)
+        assert response.is_success, f"{method} {path}: {response.status_code} {response.text[:2000]}"
         return response
+
+    def post(self, path: str, **body) -> httpx.Response:
+        return self.request("POST", path, **body)
 
     def wait(self, run_id: str, timeout: float = 420) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = httpx.get(f"{self.api}/flow_runs/{run_id}", auth=self.auth, timeout=30).json()
+            run = self.request("GET", f"/flow_runs/{run_id}").json()
             if run["state"]["type"] in TERMINAL:
                 return run
             time.sleep(2)
