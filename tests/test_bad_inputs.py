@@ -163,7 +163,9 @@ CASES: dict[str, tuple[Case, str]] = {
 
 
 @pytest.fixture
-def config(tmp_path: Path, repo: Path) -> Path:
+def config(tmp_path: Path, repo: Path, tiny_model: Path) -> Path:
+    """The tiny config writing under ``tmp_path``; its model is already converted into the cache, since a first
+    conversion prints its progress before pre-flight can read the model's layers."""
     path = tmp_path / "run.yaml"
     text = (repo / "configs" / "tiny.yaml").read_text().replace("seeds/", f"{repo}/seeds/")
     path.write_text(text.replace("output: runs/tiny", f"output: {tmp_path / 'out'}"))
