@@ -17,18 +17,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finescope_core.config import DOMAINS, CorpusConfig
+from finescope_core.config import DEMO_DOMAINS, DOMAINS, CorpusConfig
 from finescope_core.corpus import build_demo_corpus
 from finescope_core.corpus import split as corpus_split
 from finescope_core.corpus.python_source import code_chunks
 from finescope_core.corpus.records import Unit
-from finescope_core.corpus.sources import DOMAIN_SOURCES
+from finescope_core.corpus.sources import DOMAIN_SOURCES, MMLU_SUBJECTS
 from finescope_core.corpus.split import allocate, fit, split_domain
 from finescope_core.formats import ClozeItem, Document
 from finescope_core.ngrams import NgramIndex, count_overlaps, ngrams, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = CorpusConfig(docs_per_domain=50, eval_mc_per_domain=20, eval_text_per_domain=20, shard_docs=64)
+SMALL = CorpusConfig(domains=list(DOMAINS), docs_per_domain=50, eval_mc_per_domain=20, eval_text_per_domain=20,
+                     shard_docs=64)  # every domain, the held-out ones included
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,8 @@ def test_pool_schema_and_counts(built: tuple[Path, dict[str, Any]], pool: list[d
         "doc_id": pa.string(), "text": pa.string(), "source": pa.string(), "domain": pa.string(),
         "prompt": pa.string(), "response": pa.string(),
     }  # fmt: skip
-    assert len(list((out / "pool").glob("*.parquet"))) == manifest["pool"]["shards"] == 4  # 250 docs / 64 per shard
-    assert len({r["doc_id"] for r in pool}) == len(pool) == 5 * 50
+    assert len(list((out / "pool").glob("*.parquet"))) == manifest["pool"]["shards"] == 6  # 350 docs / 64 per shard
+    assert len({r["doc_id"] for r in pool}) == len(pool) == len(DOMAINS) * 50
     for domain in DOMAINS:
         rows = [r for r in pool if r["domain"] == domain]
         assert len(rows) == manifest["pool"]["domains"][domain]["total"] == 50
@@ -72,6 +73,20 @@ def test_pool_schema_and_counts(built: tuple[Path, dict[str, Any]], pool: list[d
             assert row["text"].startswith(row["prompt"]) and row["text"].endswith(row["response"])
     first_shard = pq.read_table(out / "pool" / "shard-00000.parquet").column("domain").to_pylist()
     assert len(set(first_shard)) == len(DOMAINS)  # domains are shuffled together
+
+
+def test_held_out_domains_are_exam_questions_from_mmlu_subjects_no_demo_domain_reads(pool: list[dict[str, Any]]):
+    held_out = [d for d in DOMAINS if d not in DEMO_DOMAINS]
+    assert held_out == ["law", "business"] and CorpusConfig().domains == list(DEMO_DOMAINS)
+    demo_subjects = {subject for domain in DEMO_DOMAINS for subject in MMLU_SUBJECTS[domain]}
+    for domain in held_out:
+        assert not set(MMLU_SUBJECTS[domain]) & demo_subjects
+        rows = [r for r in pool if r["domain"] == domain]
+        assert rows and {r["source"] for r in rows} == {"mmlu"}
+        for row in rows:
+            assert row["prompt"].startswith("Question: ") and "\nA. " in row["prompt"]
+            assert row["text"] == f"{row['prompt']}\nAnswer: {row['response']}" and row["response"][:3] in (
+                "A. ", "B. ", "C. ", "D. ")
 
 
 def test_eval_schema_and_counts(built: tuple[Path, dict[str, Any]]) -> None:

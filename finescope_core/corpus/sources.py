@@ -36,6 +36,12 @@ MMLU_SUBJECTS: dict[str, tuple[str, ...]] = {
         "moral_disputes", "moral_scenarios", "philosophy", "prehistory", "professional_psychology", "public_relations",
         "security_studies", "sociology", "us_foreign_policy", "world_religions",
     ),
+    # Built only on request, from subjects no other domain reads: held out of every choice of defaults.
+    "law": ("international_law", "jurisprudence", "professional_law"),
+    "business": (
+        "business_ethics", "econometrics", "high_school_macroeconomics", "high_school_microeconomics", "management",
+        "marketing", "professional_accounting",
+    ),
 }  # fmt: skip
 
 
@@ -55,19 +61,22 @@ DOMAIN_SOURCES: dict[str, DomainSources] = {
     ),
     "code": DomainSources(pool=("mbpp", "humaneval", "python_stdlib"), mc=("mmlu", "basic_skills_coding")),
     "general": DomainSources(pool=("squad", "boolq", "drop", "coqa"), mc=("mmlu", "boolq", "piqa", "hellaswag")),
+    "law": DomainSources(pool=("mmlu",), mc=("mmlu",)),
+    "business": DomainSources(pool=("mmlu",), mc=("mmlu",)),
 }
 
 
 
-def _read_mmlu(subjects: tuple[str, ...]) -> list[Unit]:
-    units = []
-    for subject in subjects:
-        for split in ("dev", "validation", "test"):
-            for i, row in enumerate(arrow_rows(f"hails/mmlu_no_train/{subject}/{split}")):
-                key = f"{subject}-{split}-{i:04d}"
-                item = cloze(key, question_prompt(row["question"]), row["choices"], row["answer"])
-                units.append(Unit(mc=item))
-    return units
+def _read_mmlu(subjects: tuple[str, ...], documents: bool) -> list[Unit]:
+    """MMLU's questions as cloze items; with ``documents``, each also as an exam-question document (for the domains
+    whose pool reads MMLU)."""
+    units = [
+        exam_question(f"{subject}-{split}-{i:04d}", row["question"], row["choices"], row["answer"])
+        for subject in subjects
+        for split in ("dev", "validation", "test")
+        for i, row in enumerate(arrow_rows(f"hails/mmlu_no_train/{subject}/{split}"))
+    ]
+    return units if documents else [Unit(mc=unit.mc) for unit in units]
 
 
 def _read_medmcqa() -> list[Unit]:
@@ -305,4 +314,6 @@ READERS: dict[str, Callable[[], list[Unit]]] = {
 
 def load_source(domain: str, source: str) -> list[Unit]:
     """A source's records for one domain (MMLU depends on the domain through its subjects)."""
-    return _read_mmlu(MMLU_SUBJECTS[domain]) if source == "mmlu" else READERS[source]()
+    if source == "mmlu":
+        return _read_mmlu(MMLU_SUBJECTS[domain], documents="mmlu" in DOMAIN_SOURCES[domain].pool)
+    return READERS[source]()
