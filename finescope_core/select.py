@@ -33,6 +33,27 @@ def max_cosine(docs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return scores
 
 
+def max_jaccard(docs: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """For each document, the highest generalised (weighted) Jaccard similarity to any seed: the sum of elementwise
+    minima over the sum of maxima (MoNA, arXiv 2503.15573). Vectors are scaled to sum to 1 first, so that a
+    document's length does not count. It rewards sharing the same active features at similar strength, where the
+    cosine can be carried by a few large ones. Features must be non-negative, as SAE codes are."""
+    if len(seeds) == 0:
+        raise ValueError("no seed embeddings: the seeds file is empty")
+    seeds = _unit_sum(np.asarray(seeds, np.float32))
+    scores = np.empty(len(docs), np.float32)
+    step = max(1, SCORE_CHUNK // max(1, len(seeds) * 16))
+    for start in range(0, len(docs), step):
+        chunk = _unit_sum(np.asarray(docs[start : start + step], np.float32))[:, None, :]
+        overlap = np.minimum(chunk, seeds).sum(-1) / np.maximum(np.maximum(chunk, seeds).sum(-1), 1e-12)
+        scores[start : start + step] = overlap.max(1)
+    return scores
+
+
+def _unit_sum(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(vectors.sum(-1, keepdims=True), 1e-12)
+
+
 def feedback_scores(docs: np.ndarray, seeds: np.ndarray, top: int) -> np.ndarray:
     """Pseudo-relevance feedback (Rocchio): the seeds' max cosine averaged with the cosine to the centroid of the
     ``top`` documents that score best against the seeds. The top of a first ranking is written in the pool's own

@@ -6,7 +6,7 @@ import pytest
 
 from finescope_core.embed import l2_normalise
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import combined_scores, feedback_scores, max_cosine, select_top
+from finescope_core.select import combined_scores, feedback_scores, max_cosine, max_jaccard, select_top
 
 
 def test_max_cosine_is_the_best_seed_cosine():
@@ -16,6 +16,19 @@ def test_max_cosine_is_the_best_seed_cosine():
     np.testing.assert_allclose(max_cosine(docs, seeds), expected, atol=1e-6)
     with pytest.raises(ValueError, match="seeds file is empty"):
         max_cosine(docs, seeds[:0])
+
+
+def test_max_jaccard_is_the_best_seed_overlap_of_sum_normalised_codes():
+    rng = np.random.default_rng(0)
+    docs, seeds = np.maximum(rng.standard_normal((300, 16)), 0), np.maximum(rng.standard_normal((5, 16)), 0)
+    p, q = docs / docs.sum(1, keepdims=True), seeds / seeds.sum(1, keepdims=True)
+    expected = [max(np.minimum(d, s).sum() / np.maximum(d, s).sum() for s in q) for d in p]
+    np.testing.assert_allclose(max_jaccard(docs, seeds), expected, atol=1e-6)
+    assert np.allclose(max_jaccard(docs * 7, seeds), max_jaccard(docs, seeds), atol=1e-6)  # length does not count
+    seed = np.array([[2.0, 1.0, 0.0, 0.0]])
+    assert np.allclose(max_jaccard(np.array([[4.0, 2.0, 0, 0], [0, 0, 1.0, 3.0]]), seed), [1.0, 0.0])
+    with pytest.raises(ValueError, match="seeds file is empty"):
+        max_jaccard(docs, seeds[:0])
 
 
 def test_select_top_skips_duplicates_and_contamination():
