@@ -133,12 +133,29 @@ class SelectConfig(StageConfig):
         0.5, gt=0, le=1, description="Pooled SAE codes are raised to this power before the cosine (power "
         "normalisation: a few dominant latents no longer decide every score); 1 turns it off."
     )
-    method: Literal["sae", "minilm", "raw_act", "random"] = Field(
-        "sae", description="Selection method: SAE codes (FineScope) or a baseline at equal budget."
+    method: Literal["sae", "hybrid", "minilm", "raw_act", "random"] = Field(
+        "sae", description="Selection method: SAE codes (FineScope); hybrid, the SAE codes' score and a sentence "
+        "embedder's (MiniLM) cosine, each standardised over the pool, averaged; or a baseline at equal budget."
+    )
+    similarity: Literal["cosine", "jaccard"] = Field(
+        "cosine", description="How SAE codes are compared with each seed's: cosine, or generalised Jaccard (the sum "
+        "of elementwise minima over the sum of maxima, on codes scaled to sum to 1). Jaccard needs method sae or "
+        "hybrid (non-negative codes)."
+    )
+    feedback_docs: int = Field(
+        0, ge=0, description="Pseudo-relevance feedback: each score is averaged with the document's similarity to "
+        "the centroid of this many top-ranked documents, which are written in the pool's own style (0: off)."
     )
     near_duplicate_cosine: float = Field(0.98, gt=0, le=1, description="Drop a document this similar to a kept one.")
     decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with the eval sets.")
     seed: int = Field(0, description="Seed of the random baseline.")
+
+    @model_validator(mode="after")
+    def _jaccard_needs_sae_codes(self) -> SelectConfig:
+        if self.similarity == "jaccard" and self.method not in ("sae", "hybrid"):
+            raise ValueError(f"select.similarity='jaccard' compares non-negative SAE codes; use select.method sae or "
+                             f"hybrid, or similarity cosine with {self.method}")
+        return self
 
 
 class PruneConfig(StageConfig):

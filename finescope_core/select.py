@@ -54,16 +54,19 @@ def _unit_sum(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(vectors.sum(-1, keepdims=True), 1e-12)
 
 
-def feedback_scores(docs: np.ndarray, seeds: np.ndarray, top: int) -> np.ndarray:
-    """Pseudo-relevance feedback (Rocchio): the seeds' max cosine averaged with the cosine to the centroid of the
-    ``top`` documents that score best against the seeds. The top of a first ranking is written in the pool's own
-    style, so it can bridge seeds written in another; ``top`` = 0 gives plain max cosine."""
-    scores = max_cosine(docs, seeds)
-    if top == 0:
+def seed_scores(docs: np.ndarray, seeds: np.ndarray, similarity: str = "cosine", feedback_docs: int = 0) -> np.ndarray:
+    """Each document's best similarity to any seed (``cosine`` or generalised ``jaccard``). With ``feedback_docs``,
+    pseudo-relevance feedback (Rocchio): the score is averaged with the similarity to the centroid of the
+    ``feedback_docs`` documents that score best. The top of a first ranking is written in the pool's own style, so
+    it can bridge seeds written in another."""
+    measure = max_jaccard if similarity == "jaccard" else max_cosine
+    scores = measure(docs, seeds)
+    if feedback_docs == 0:
         return scores
-    best = np.argsort(-scores, kind="stable")[:top]
-    centroid = l2_normalise(np.asarray(docs[best], np.float32)).mean(0, keepdims=True)
-    return (scores + max_cosine(docs, centroid)) / 2
+    best = np.argsort(-scores, kind="stable")[:feedback_docs]
+    top = np.asarray(docs[best], np.float32)
+    centroid = (_unit_sum(top) if similarity == "jaccard" else l2_normalise(top)).mean(0, keepdims=True)
+    return (scores + measure(docs, centroid)) / 2
 
 
 def combined_scores(*scores: np.ndarray) -> np.ndarray:

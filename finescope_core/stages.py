@@ -238,11 +238,12 @@ def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarr
 
 
 def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table, refs: dict[str, Ref]):
-    """Pool and seed vectors of the configured selection method, rows aligned with the tables."""
+    """Pool and seed vectors of the configured selection method (the SAE codes for hybrid), rows aligned with the
+    tables."""
     from finescope_core.embed import minilm_embeddings, raw_activation_embeddings, read_embeddings, selection_vectors
 
     pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
-    if cfg.method == "sae":
+    if cfg.method in ("sae", "hybrid"):
         docs = _aligned(pool_ids, *read_embeddings(storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE)))
         seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], EMBEDDINGS_FILE)))
         return selection_vectors(docs, seeds_, cfg.pooling, cfg.power)
@@ -273,19 +274,35 @@ def eval_texts(eval_uri: str | None) -> list[str]:
     return texts
 
 
+def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, pool_table: pa.Table,
+                      seed_table: pa.Table) -> np.ndarray:
+    """Every pool document's score under ``cfg``: similarity to the seeds, with feedback; for hybrid, averaged with
+    MiniLM's cosine after both are standardised; random scores for the random baseline."""
+    from finescope_core.embed import minilm_embeddings
+    from finescope_core.select import combined_scores, max_cosine, seed_scores
+
+    if cfg.method == "random":
+        return np.random.default_rng(cfg.seed).random(len(docs))
+    scores = seed_scores(docs, seeds, cfg.similarity, cfg.feedback_docs)
+    if cfg.method == "hybrid":
+        embedder = max_cosine(minilm_embeddings(pool_table["text"].to_pylist()),
+                              minilm_embeddings(seed_table["text"].to_pylist()))
+        scores = combined_scores(scores, embedder)
+    return scores
+
+
 def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Ref], eval_ref: Ref | None,
             cfg: SelectConfig) -> Ref:
-    """The top ``budget`` pool documents by max cosine to the seeds, deduplicated and decontaminated against the
-    eval sets of ``eval_ref`` (see :func:`eval_sets`)."""
+    """The top ``budget`` pool documents by their score against the seeds (``cfg.method``, ``cfg.similarity``),
+    deduplicated and decontaminated against the eval sets of ``eval_ref`` (see :func:`eval_sets`)."""
     from finescope_core.ngrams import NgramIndex
-    from finescope_core.select import max_cosine, select_top
+    from finescope_core.select import select_top
 
     def work(out: str) -> dict:
         pool_table = storage.read_parquet(storage.join(pool_ref["uri"], DOCS_FILE))
         seed_table = storage.read_parquet(storage.join(seeds_ref["uri"], DOCS_FILE))
         docs, seed_vectors = method_vectors(cfg, pool_table, seed_table, vectors_refs)
-        scores = (np.random.default_rng(cfg.seed).random(len(docs)) if cfg.method == "random"
-                  else max_cosine(docs, seed_vectors))
+        scores = _selection_scores(cfg, docs, seed_vectors, pool_table, seed_table)
         index = NgramIndex(eval_texts(eval_ref["uri"] if eval_ref else None)) if cfg.decontaminate else None
         chosen = select_top(scores, docs, pool_table["text"].to_pylist(), cfg.budget, cfg.threshold,
                             cfg.near_duplicate_cosine, index)

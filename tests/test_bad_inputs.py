@@ -116,6 +116,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "power zero": (run("select.power=0"), "select.power"),
     "unknown dtype": (run("model.dtype=float64"), "model.dtype"),
     "unknown pooling": (run("select.pooling=sum"), "select.pooling"),
+    "jaccard on embedder vectors": (run("select.method=minilm", "select.similarity=jaccard"),
+                                    "select.similarity='jaccard' compares non-negative SAE codes"),
     "sweep ratio of 1": (run("sweep.ratios=[1.0]"), "sweep.ratios"),
     "--set without =": (lambda f, c: ["run", str(c), "--set", "select.budget"], "expected key=value"),
     "--set bad YAML": (run("eval_domains=[medicine"), "--set 'eval_domains=[medicine'"),

@@ -47,7 +47,7 @@ def curated_texts(ref: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
+def prefect_harness():
     with prefect_test_harness():
         yield
 
@@ -57,7 +57,7 @@ def run(data: dict[str, str], budget: int = len(NOTES)) -> dict:
     return curate_at_random(data["root"], config, data["seeds"], budget)
 
 
-def test_a_cached_result_whose_artifact_was_deleted_is_remade(prefect_api, user_data: dict[str, str]):
+def test_a_cached_result_whose_artifact_was_deleted_is_remade(prefect_harness, user_data: dict[str, str]):
     first = run(user_data)
     shutil.rmtree(first["curated"]["uri"])
     again = run(user_data)
@@ -65,7 +65,7 @@ def test_a_cached_result_whose_artifact_was_deleted_is_remade(prefect_api, user_
     assert curated_texts(again["curated"]) == curated_texts(first["curated"])
 
 
-def test_a_shard_added_to_the_pool_is_new_input(prefect_api, user_data: dict[str, str]):
+def test_a_shard_added_to_the_pool_is_new_input(prefect_harness, user_data: dict[str, str]):
     first = run(user_data)
     write_docs(str(Path(user_data["pool"]) / "shard-001.parquet"), ["note 99: a new sepsis case."], "b")
     grown = run(user_data, len(NOTES) + 1)  # data.incremental=false: one corpus of every shard
@@ -74,7 +74,7 @@ def test_a_shard_added_to_the_pool_is_new_input(prefect_api, user_data: dict[str
     assert "note 99: a new sepsis case." in curated_texts(grown["curated"])
 
 
-def test_an_eval_set_edited_in_place_is_new_input(prefect_api, user_data: dict[str, str]):
+def test_an_eval_set_edited_in_place_is_new_input(prefect_harness, user_data: dict[str, str]):
     first = run(user_data)
     write_docs(str(Path(user_data["eval"]) / "medicine" / "text.parquet"), [NOTES[3]], "e")
     edited = run(user_data)

@@ -2,11 +2,12 @@
 
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from finescope_core.embed import l2_normalise
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import combined_scores, feedback_scores, max_cosine, max_jaccard, select_top
+from finescope_core.select import combined_scores, max_cosine, max_jaccard, seed_scores, select_top
 
 
 def test_max_cosine_is_the_best_seed_cosine():
@@ -52,9 +53,14 @@ def test_feedback_reaches_documents_near_the_top_ranked_ones():
     docs = np.array([[0.9, 0.44, 0.0], [0.5, 0.86, 0.0], [0.5, 0.0, 0.86], [0.0, 0.0, 1.0]])
     plain = max_cosine(docs, seed)
     assert np.isclose(plain[1], plain[2])
-    lifted = feedback_scores(docs, seed, top=1)
+    lifted = seed_scores(docs, seed, feedback_docs=1)
     assert lifted[1] > lifted[2] and np.argmax(lifted) == 0
-    assert np.allclose(feedback_scores(docs, seed, top=0), plain)
+    assert np.allclose(seed_scores(docs, seed), plain)
+    codes = np.abs(docs)  # the same under the generalised Jaccard, on non-negative codes
+    jaccard = max_jaccard(codes, seed)
+    assert np.isclose(jaccard[1], jaccard[2])
+    lifted = seed_scores(codes, seed, "jaccard", feedback_docs=1)
+    assert lifted[1] > lifted[2] and np.argmax(lifted) == 0
 
 
 def test_combined_scores_weigh_methods_equally_whatever_their_scale():
@@ -62,3 +68,40 @@ def test_combined_scores_weigh_methods_equally_whatever_their_scale():
     combined = combined_scores(a, b)
     assert np.allclose(combined, combined_scores(a * 10, b / 7)) and np.isclose(combined.mean(), 0)
     assert np.argmax(combined) == 2
+
+
+def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_path):
+    """Document a shares the seed's one large latent, document b its many small ones: the cosine keeps a, the
+    generalised Jaccard b. The hybrid adds a sentence embedder's view, which sees that only c is about the seed's
+    subject, although a's and b's SAE codes are nearer the seed's."""
+    from finescope_core import stages, storage
+    from finescope_core.config import SelectConfig
+    from finescope_core.embed import write_embeddings
+    from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
+
+    texts = {"a": "The match ended two nil after a late goal from the striker in the second half of play.",
+             "b": "Tickets for the final home game of the football season go on sale at the stadium on Monday.",
+             "c": "Insulin lowers blood glucose; a patient with type 1 diabetes needs it every day to survive.",
+             **{k: f"Club news {k}: the coach named an unchanged side for the away fixture." for k in "def"}}
+    root, seeds_file = str(tmp_path / "run"), tmp_path / "seeds.jsonl"
+    rows = [{"doc_id": k, "text": t, "domain": None} for k, t in texts.items()]
+    storage.write_parquet(pa.Table.from_pylist(rows), str(tmp_path / "pool" / DOCS_FILE))
+    seeds_file.write_text('{"text": "People with diabetes inject insulin to keep their blood sugar in range."}\n')
+    pool = {"uri": str(tmp_path / "pool"), "fingerprint": "pool"}
+    seeds = stages.seeds(root, str(seeds_file))
+    seed_ids = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))["doc_id"].to_pylist()
+    codes = {"a": [10.0, 0, 0, 0, 0], "b": [4.0, 1, 1, 1, 1], "c": [2.0, 1, 1, 1, 1], "d": [0, 0, 0, 0, 1.0],
+             "e": [0, 0, 0, 1.0, 0], "f": [0, 0, 1.0, 0, 0]}
+    write_embeddings(list(codes), np.array(list(codes.values())), str(tmp_path / "pool_emb" / EMBEDDINGS_FILE))
+    write_embeddings(seed_ids, np.array([[10.0, 1, 1, 1, 1]]), str(tmp_path / "seed_emb" / EMBEDDINGS_FILE))
+    refs = {"pool_emb": {"uri": str(tmp_path / "pool_emb"), "fingerprint": "p"},
+            "seed_emb": {"uri": str(tmp_path / "seed_emb"), "fingerprint": "s"}}
+
+    def first(**settings) -> str:
+        cfg = SelectConfig(budget=1, decontaminate=False, power=1.0, pooling="mean", **settings)
+        curated = stages.curated(root, pool, seeds, refs, None, cfg)
+        return storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"][0].as_py()
+
+    assert [first(), first(similarity="jaccard"), first(method="hybrid")] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"select\.similarity='jaccard' compares non-negative SAE codes"):
+        SelectConfig(method="minilm", similarity="jaccard")
