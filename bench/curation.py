@@ -1,33 +1,54 @@
-"""Curation quality on the demo pool: SAE selection against the MiniLM, raw-activation and random baselines.
+"""Curation quality on a mixed pool of seven domains: SAE selection and its variants against the MiniLM,
+raw-activation and random baselines, with the SAE's settings chosen leave-one-domain-out.
 
-Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layer L] [--max-tokens 64] [--pooling idf]
-       [--power 0.5]
-Methods: sae (FineScope's default), minilm (a sentence embedder), raw_act (pooled activations), random, and two
-variants: sae_feedback (pseudo-relevance feedback from the top 20 of the SAE ranking) and hybrid (the SAE's and MiniLM's
-standardised scores averaged). For every demo domain, each of two seed files selects M documents (M in 100, 500) from
-the same mixed pool with each method: ``seeds/<domain>.jsonl``, written in the template of one of the domain's pool
-sources, and ``seeds/prose/<domain>.jsonl``, plain statements and short notes in no source's template. Two measures:
+Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layer L] [--max-tokens 64]
+
+The pool mixes the five demo domains with two held-out ones, law and business, built from MMLU subjects that no
+demo domain reads (their documents are exam questions). For every domain, each of two seed files selects M documents
+(M in 100, 500) with each method: ``seeds/<domain>.jsonl``, written in the template of one of the domain's pool
+sources, and ``seeds/prose/<domain>.jsonl``, plain statements and short notes in no source's template.
+
+SAE settings form a grid: token pooling (mean, max, idf) x power normalisation (0.5, 1) x scoring (cosine;
+generalised Jaccard, MoNA's; pseudo-relevance feedback from the top 20; hybrid, the SAE's and MiniLM's standardised
+cosines averaged). A setting is chosen by its mean precision@500 over both seed styles on the tuning domains only:
+- ``lodo``: for each demo domain, the setting chosen on the other four; for law and business, the setting chosen on
+  all five demo domains (they chose nothing);
+- ``sae``: FineScope's default setting (``SelectConfig``: idf pooling, power 0.5, feedback from the top 20), the
+  grid's best on all five demo domains, so its demo-domain figures are in-sample and only law and business measure
+  it; ``sae_cosine`` (the default before this protocol), ``sae_jaccard``, ``hybrid``: the default pooling and power
+  with another scoring.
+Two measures:
 - precision@M: the fraction of selected documents whose source domain is the target (labels);
 - KL reduction at M = 500 (DSIR's, ``finescope_core.kl_reduction``): how much closer the selection's hashed word
   n-gram distribution is to the domain's held-out documents than a random selection of 500 is (no labels).
-The selection defaults (pooling, power) were chosen on the five demo domains with the template seeds (``tuned_on``);
-no domain is held out of that choice yet (``held_out_domains``). Stages are cached under --output, so a second run
-with other selection settings reuses the dump and the SAE.
+Stages are cached under --output, so a second run reuses the dump and the SAE.
 Last line: {"default": METHOD, "precision_at_100": {METHOD: {DOMAIN: p}}, "precision_at_500": {...},
 "precision_at_500_other_seeds": {...}, "kl_reduction": {METHOD: {DOMAIN: x}}, "kl_reduction_other_seeds": {...},
+"lodo_settings": {DOMAIN: SETTING}, "grid_precision_at_500": {SETTING: {"demo": p, "held_out": p}},
 "held_out_domains": [...], "tuned_on": [...]}.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from finescope_core import stages, storage
-from finescope_core.config import DOMAINS, DataConfig, DumpConfig, ModelConfig, SAEConfig, SelectConfig
+from finescope_core.config import (
+    DEMO_DOMAINS,
+    DOMAINS,
+    CorpusConfig,
+    DataConfig,
+    DumpConfig,
+    ModelConfig,
+    SAEConfig,
+    SelectConfig,
+)
 from finescope_core.embed import (
     minilm_embeddings,
     raw_activation_embeddings,
@@ -39,20 +60,68 @@ from finescope_core.evaluate import read_docs
 from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
 from finescope_core.kl_reduction import kl_reduction
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import combined_scores, feedback_scores, max_cosine, select_top
+from finescope_core.select import combined_scores, max_cosine, seed_scores, select_top
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (100, 500)
-METHODS = ("sae", "minilm", "raw_act", "random", "sae_feedback", "hybrid")
 FEEDBACK_DOCS = 20  # set before any run, not tuned
 SEED_STYLES = {"template": REPO / "seeds", "other": REPO / "seeds" / "prose"}
-TUNED_ON = ["medicine", "math", "science", "code", "general"]  # where pooling and power were chosen (template seeds)
+HELD_OUT = [domain for domain in DOMAINS if domain not in DEMO_DOMAINS]
 KL_BUDGET = 500
+# Pool documents per domain before --max-pool-docs subsamples the pool; the held-out domains' MMLU subjects have
+# room for it once 200 items and 200 texts are held out.
+CORPUS = CorpusConfig(domains=list(DOMAINS), docs_per_domain=1000, eval_mc_per_domain=200, eval_text_per_domain=200)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of scoring the pool by SAE codes."""
+
+    pooling: str
+    power: float
+    scoring: str  # cosine, jaccard, feedback (select.feedback_docs 20) or hybrid (select.method hybrid)
+
+    def __str__(self) -> str:
+        return f"{self.pooling}/power {self.power}/{self.scoring}"
+
+
+def default_setting() -> Setting:
+    """FineScope's default, as a grid setting."""
+    cfg = SelectConfig()
+    assert cfg.feedback_docs in (0, FEEDBACK_DOCS) and cfg.method == "sae", "the default is outside the grid"
+    scoring = "feedback" if cfg.feedback_docs else cfg.similarity
+    return Setting(cfg.pooling, cfg.power, scoring)
+
+
+DEFAULT = default_setting()
+GRID = [DEFAULT] + [s for s in itertools.starmap(Setting, itertools.product(
+    ("mean", "max", "idf"), (0.5, 1.0), ("cosine", "jaccard", "feedback", "hybrid"))) if s != DEFAULT]
+NAMED = {"sae": DEFAULT, **{f"sae_{scoring}" if scoring != "hybrid" else scoring: Setting(
+    DEFAULT.pooling, DEFAULT.power, scoring) for scoring in ("cosine", "jaccard", "feedback", "hybrid")
+    if scoring != DEFAULT.scoring}}
+BASELINES = ("minilm", "raw_act", "random")
 
 
 def aligned(order: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarray:
     row = {doc_id: i for i, doc_id in enumerate(ids)}
     return matrix[[row[d] for d in order]]
+
+
+def sae_scores(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray,
+               minilm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's scores under ``setting`` and the vectors its near-duplicate test compares."""
+    docs, seeds = selection_vectors(pool_codes, seed_codes, setting.pooling, setting.power)
+    similarity = "jaccard" if setting.scoring == "jaccard" else "cosine"
+    scores = seed_scores(docs, seeds, similarity, FEEDBACK_DOCS if setting.scoring == "feedback" else 0)
+    return (combined_scores(scores, minilm) if setting.scoring == "hybrid" else scores), docs
+
+
+Precisions = dict[Setting, dict[str, dict[str, float]]]  # setting -> seed style -> domain -> precision@500
+
+
+def chosen_setting(p500: Precisions, tuning: list[str]) -> Setting:
+    """The grid's best setting by mean precision@500 over both seed styles on ``tuning`` (the default wins ties)."""
+    return max(GRID, key=lambda s: np.mean([p500[s][style][d] for style in SEED_STYLES for d in tuning]))
 
 
 def main() -> None:
@@ -61,23 +130,17 @@ def main() -> None:
     parser.add_argument("--max-pool-docs", type=int, default=5000)
     parser.add_argument("--layer", type=int, default=None, help="captured layer (default: the middle one)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--pooling", choices=["mean", "max", "idf"], default=SelectConfig().pooling)
-    parser.add_argument("--power", type=float, default=SelectConfig().power, help="power normalisation of SAE codes")
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--training-tokens", type=int, default=204_800)
-    parser.add_argument("--input-coordinates", type=int, default=None,
-                        help="the paper's variant: the SAE reads only the K most gradient-sensitive coordinates")
-    parser.add_argument("--sensitivity-docs", type=int, default=64)
     args = parser.parse_args()
 
     root, model_cfg = args.output, ModelConfig()
-    data = DataConfig(max_pool_docs=args.max_pool_docs)
+    data = DataConfig(max_pool_docs=args.max_pool_docs, demo=CORPUS)
     dump_cfg = DumpConfig(layers=[args.layer] if args.layer is not None else None, max_tokens=args.max_tokens,
-                          sae_sample_tokens=100_000,
-                          sensitivity_docs=args.sensitivity_docs if args.input_coordinates else 0)
+                          sae_sample_tokens=100_000, sensitivity_docs=0)
     sae_cfg = SAEConfig(expansion=args.expansion, k=args.k, lr=3e-3, batch_size=512,
-                        training_tokens=args.training_tokens, input_coordinates=args.input_coordinates)
+                        training_tokens=args.training_tokens)
     model = stages.model_ref(model_cfg)
     corpus = stages.corpus(root, data)
     pool = stages.pool(root, corpus, data)
@@ -86,64 +149,86 @@ def main() -> None:
     domains_of = np.array(pool_table["domain"].to_pylist())
     acts = stages.acts(root, model, pool, dump_cfg, model_cfg)
     sae = stages.sae(root, acts, sae_cfg, model_cfg.device)
-    pooling = token_pooling(args.pooling)
     layer = acts["info"]["layers"][0]
-    pool_vectors = {
-        "sae": aligned(order, *read_embeddings(storage.join(
-            stages.embeddings(root, acts, sae, pooling, "cpu")["uri"], EMBEDDINGS_FILE))),
-        "raw_act": aligned(order, *raw_activation_embeddings(storage.join(acts["uri"], "pooled"), layer)),
-        "minilm": minilm_embeddings(texts),
-    }
-    pool_codes = pool_vectors["sae"]
+
+    def codes(dump: dict, ids: list[str], pooling: str) -> np.ndarray:
+        embeddings = stages.embeddings(root, dump, sae, token_pooling(pooling), "cpu")
+        return aligned(ids, *read_embeddings(storage.join(embeddings["uri"], EMBEDDINGS_FILE)))
+
+    pool_codes = {pooling: codes(acts, order, pooling) for pooling in ("mean", "max")}
+    pool_baseline = {"minilm": minilm_embeddings(texts),
+                     "raw_act": aligned(order, *raw_activation_embeddings(storage.join(acts["uri"], "pooled"),
+                                                                          layer)),
+                     "random": np.random.default_rng(0).standard_normal((len(order), 64))}
     contamination = NgramIndex(stages.eval_texts(corpus["eval"]))
+    chance = [texts[i] for i in np.random.default_rng(1).choice(len(texts), KL_BUDGET, replace=False)]
+
+    def selected(scores: np.ndarray, vectors: np.ndarray, budget: int) -> list[int]:
+        return select_top(scores, vectors, texts, budget, None, SelectConfig().near_duplicate_cosine,
+                          contamination).indices
+
+    def precision(indices: list[int], domain: str) -> float:
+        return round(float((domains_of[indices] == domain).mean()), 3)
+
+    p500: Precisions = {s: {style: {} for style in SEED_STYLES} for s in GRID}
+    rankings: dict[tuple[str, str], dict] = {}  # (style, domain) -> scores and vectors of every setting and baseline
+    for domain, (style, folder) in itertools.product(DOMAINS, SEED_STYLES.items()):
+        seeds = stages.seeds(root, str(folder / f"{domain}.jsonl"))
+        seed_table = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))
+        seed_ids = seed_table["doc_id"].to_pylist()
+        seed_acts = stages.acts(root, model, seeds, dump_cfg, model_cfg)
+        seed_codes = {pooling: codes(seed_acts, seed_ids, pooling) for pooling in ("mean", "max")}
+        seed_baseline = {"minilm": minilm_embeddings(seed_table["text"].to_pylist()),
+                         "raw_act": aligned(seed_ids, *raw_activation_embeddings(
+                             storage.join(seed_acts["uri"], "pooled"), layer))}
+        minilm = max_cosine(pool_baseline["minilm"], seed_baseline["minilm"])
+        ranked = {"minilm": (minilm, pool_baseline["minilm"]),
+                  "raw_act": (max_cosine(pool_baseline["raw_act"], seed_baseline["raw_act"]),
+                              pool_baseline["raw_act"]),
+                  "random": (np.random.default_rng(0).random(len(order)), pool_baseline["random"])}
+        for setting in GRID:
+            pooled = token_pooling(setting.pooling)
+            ranked[setting] = sae_scores(setting, pool_codes[pooled], seed_codes[pooled], minilm)
+            p500[setting][style][domain] = precision(selected(*ranked[setting], 500), domain)
+        rankings[style, domain] = ranked
+        print(f"scored {domain} ({style} seeds)", flush=True)
+
+    lodo = {d: chosen_setting(p500, [t for t in DEMO_DOMAINS if t != d]) for d in DEMO_DOMAINS}
+    lodo |= dict.fromkeys(HELD_OUT, chosen_setting(p500, list(DEMO_DOMAINS)))
+    methods = [*NAMED, "lodo", *BASELINES]
     keys = [*(f"precision_at_{m}" for m in BUDGETS), "precision_at_500_other_seeds", "kl_reduction",
             "kl_reduction_other_seeds"]
-    figures = {key: {method: {} for method in METHODS} for key in keys}
-    chance = [texts[i] for i in np.random.default_rng(1).choice(len(texts), KL_BUDGET, replace=False)]
-    for domain in DOMAINS:
+    figures = {key: {method: {} for method in methods} for key in keys}
+    for (style, domain), ranked in rankings.items():
         target = [doc.text for doc in read_docs(corpus["eval"], domain, 200)]
-        for style, folder in SEED_STYLES.items():
-            seeds = stages.seeds(root, str(folder / f"{domain}.jsonl"))
-            seed_table = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))
-            seed_acts = stages.acts(root, model, seeds, dump_cfg, model_cfg)
-            seed_ids = seed_table["doc_id"].to_pylist()
-            seed_emb = stages.embeddings(root, seed_acts, sae, pooling, "cpu")
-            seed_vectors = {
-                "sae": aligned(seed_ids, *read_embeddings(storage.join(seed_emb["uri"], EMBEDDINGS_FILE))),
-                "raw_act": aligned(seed_ids, *raw_activation_embeddings(storage.join(seed_acts["uri"], "pooled"),
-                                                                        layer)),
-                "minilm": minilm_embeddings(seed_table["text"].to_pylist()),
-            }
-            pool_vectors["sae"], seed_vectors["sae"] = selection_vectors(pool_codes, seed_vectors["sae"],
-                                                                         args.pooling, args.power)
-            suffix = "" if style == "template" else "_other_seeds"
-            rng = np.random.default_rng(0)
-            ranked = {method: (max_cosine(pool_vectors[method], seed_vectors[method]), pool_vectors[method])
-                      for method in ("sae", "minilm", "raw_act")}
-            ranked["random"] = rng.random(len(order)), rng.standard_normal((len(order), 64))
-            ranked["sae_feedback"] = (feedback_scores(pool_vectors["sae"], seed_vectors["sae"], FEEDBACK_DOCS),
-                                      pool_vectors["sae"])
-            ranked["hybrid"] = combined_scores(ranked["sae"][0], ranked["minilm"][0]), pool_vectors["minilm"]
-            for method, (scores, vectors) in ranked.items():
-                for budget in BUDGETS:
-                    chosen = select_top(scores, vectors, texts, budget, None,
-                                        SelectConfig().near_duplicate_cosine, contamination)
-                    hits = domains_of[chosen.indices] == domain
-                    if style == "template" or budget == 500:
-                        figures[f"precision_at_{budget}{suffix}"][method][domain] = round(float(hits.mean()), 3)
-                    if budget == KL_BUDGET:
-                        selected = [texts[i] for i in chosen.indices]
-                        figures[f"kl_reduction{suffix}"][method][domain] = round(kl_reduction(target, selected,
-                                                                                              chance), 4)
-    print(f"pool: {len(order)} documents ({', '.join(f'{d} {int((domains_of == d).sum())}' for d in DOMAINS)}); "
-          f"layer {layer}, {args.max_tokens} tokens/doc, SAE {sae['info']}, pooling {args.pooling}, power {args.power}")
+        suffix = "" if style == "template" else "_other_seeds"
+        for method in methods:
+            key = lodo[domain] if method == "lodo" else NAMED.get(method, method)
+            top = {budget: selected(*ranked[key], budget)
+                   for budget in (BUDGETS if style == "template" else (KL_BUDGET,))}
+            for budget, indices in top.items():
+                figures[f"precision_at_{budget}{suffix}"][method][domain] = precision(indices, domain)
+            figures[f"kl_reduction{suffix}"][method][domain] = round(
+                kl_reduction(target, [texts[i] for i in top[KL_BUDGET]], chance), 4)
+
+    def mean_p500(setting: Setting, domains: list[str]) -> float:
+        return round(float(np.mean([p500[setting][style][d] for style in SEED_STYLES for d in domains])), 3)
+
+    grid = {str(s): {"demo": mean_p500(s, list(DEMO_DOMAINS)), "held_out": mean_p500(s, HELD_OUT)} for s in GRID}
+    print(f"\npool: {len(order)} documents ({', '.join(f'{d} {int((domains_of == d).sum())}' for d in DOMAINS)}); "
+          f"layer {layer}, {args.max_tokens} tokens/doc, SAE {sae['info']}")
+    print("\ngrid, mean precision@500 over both seed styles (demo domains / held-out domains):")
+    for name, row in sorted(grid.items(), key=lambda item: -item[1]["demo"]):
+        print(f"  {name:<32}{row['demo']:>8.3f}{row['held_out']:>8.3f}")
+    print("\nleave-one-domain-out choices: " + ", ".join(f"{d}: {s}" for d, s in lodo.items()))
     for key, table in figures.items():
         print(f"\n{key}")
-        print(f"{'method':<10}" + "".join(f"{d:>10}" for d in DOMAINS) + f"{'mean':>10}")
+        print(f"{'method':<13}" + "".join(f"{d:>10}" for d in DOMAINS) + f"{'mean':>10}")
         for method, row in table.items():
             cells = "".join(f"{row[d]:>10.3f}" for d in DOMAINS)
-            print(f"{method:<10}{cells}{np.mean(list(row.values())):>10.3f}")
-    print(json.dumps({"default": "sae", **figures, "held_out_domains": [], "tuned_on": TUNED_ON}))
+            print(f"{method:<13}{cells}{np.mean(list(row.values())):>10.3f}")
+    print(json.dumps({"default": "sae", **figures, "lodo_settings": {d: str(s) for d, s in lodo.items()},
+                      "grid_precision_at_500": grid, "held_out_domains": HELD_OUT, "tuned_on": list(DEMO_DOMAINS)}))
 
 
 if __name__ == "__main__":
