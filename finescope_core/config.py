@@ -28,7 +28,8 @@ class CorpusConfig(StageConfig):
     """Sizes and seed of the demo corpus; its JSON form is part of the build fingerprint."""
 
     domains: list[Domain] = Field(
-        default_factory=lambda: list(DEMO_DOMAINS), min_length=1, description="Domains to include, each once."
+        default_factory=lambda: list(DEMO_DOMAINS), min_length=1,
+        description="Domains to include, each once; law and business (MMLU subjects no other domain reads) on request."
     )
     docs_per_domain: int = Field(
         1500, ge=1, description="Pool documents per domain; an error if a domain's sources cannot provide that many."

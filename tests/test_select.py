@@ -98,7 +98,7 @@ def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_pa
             "seed_emb": {"uri": str(tmp_path / "seed_emb"), "fingerprint": "s"}}
 
     def first(**settings) -> str:
-        cfg = SelectConfig(budget=1, decontaminate=False, power=1.0, pooling="mean", **settings)
+        cfg = SelectConfig(budget=1, decontaminate=False, power=1.0, pooling="mean", feedback_docs=0, **settings)
         curated = stages.curated(root, pool, seeds, refs, None, cfg)
         return storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"][0].as_py()
 
