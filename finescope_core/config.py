@@ -124,7 +124,8 @@ class SelectConfig(StageConfig):
     )
     budget: int = Field(500, ge=1, description="Documents to keep (top M by score).")
     threshold: float | None = Field(
-        None, ge=-1, le=1, description="Also drop documents whose score is below this cosine."
+        None, ge=-1, le=1, description="Also drop documents whose score is below this (a similarity; for hybrid, "
+        "standard deviations above the pool's mean score)."
     )
     pooling: Literal["mean", "max", "idf"] = Field(
         "idf", description="How token SAE codes pool into a document: mean, max, or mean weighted by each latent's "

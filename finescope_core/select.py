@@ -1,8 +1,9 @@
-"""Selection: score every pool document by its best cosine to any seed, keep the top M clean documents.
+"""Selection: score every pool document by its best similarity to any seed (cosine or generalised Jaccard,
+optionally with pseudo-relevance feedback, or standardised scores combined), keep the top M clean documents.
 
-Scoring is chunked matrix products over L2-normalised embeddings, so memory stays bounded and a million documents
-score in seconds. Walking down the ranking, a document is skipped if it duplicates a kept one (same normalised text,
-or cosine above a threshold) or shares a 13-gram with the eval sets, until the budget is filled.
+Scoring is chunked over the pool, so memory stays bounded and a million documents score in seconds. Walking down
+the ranking, a document is skipped if it duplicates a kept one (same normalised text, or cosine above a threshold)
+or shares a 13-gram with the eval sets, until the budget is filled.
 """
 
 from __future__ import annotations
