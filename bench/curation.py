@@ -93,12 +93,13 @@ def default_setting() -> Setting:
     return Setting(cfg.pooling, cfg.power, scoring)
 
 
+SCORINGS = ("cosine", "jaccard", "feedback", "hybrid")
 DEFAULT = default_setting()
-GRID = [DEFAULT] + [s for s in itertools.starmap(Setting, itertools.product(
-    ("mean", "max", "idf"), (0.5, 1.0), ("cosine", "jaccard", "feedback", "hybrid"))) if s != DEFAULT]
-NAMED = {"sae": DEFAULT, **{f"sae_{scoring}" if scoring != "hybrid" else scoring: Setting(
-    DEFAULT.pooling, DEFAULT.power, scoring) for scoring in ("cosine", "jaccard", "feedback", "hybrid")
-    if scoring != DEFAULT.scoring}}
+GRID = [DEFAULT] + [s for s in itertools.starmap(Setting, itertools.product(("mean", "max", "idf"), (0.5, 1.0),
+                                                                             SCORINGS)) if s != DEFAULT]
+# the default, and the default's pooling and power with each other scoring
+NAMED = {"sae": DEFAULT} | {("hybrid" if scoring == "hybrid" else f"sae_{scoring}"): Setting(
+    DEFAULT.pooling, DEFAULT.power, scoring) for scoring in SCORINGS if scoring != DEFAULT.scoring}
 BASELINES = ("minilm", "raw_act", "random")
 
 
