@@ -145,8 +145,9 @@ class SelectConfig(StageConfig):
         "hybrid (non-negative codes)."
     )
     feedback_docs: int = Field(
-        20, ge=0, description="Pseudo-relevance feedback: each score is averaged with the document's similarity to "
-        "the centroid of this many top-ranked documents, which are written in the pool's own style (0: off)."
+        20, ge=0, description="Pseudo-relevance feedback on the SAE score (methods sae and hybrid): each score is "
+        "averaged with the document's similarity to the centroid of this many top-ranked documents, which are "
+        "written in the pool's own style (0: off)."
     )
     near_duplicate_cosine: float = Field(0.98, gt=0, le=1, description="Drop a document this similar to a kept one.")
     decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with the eval sets.")

@@ -276,13 +276,16 @@ def eval_texts(eval_uri: str | None) -> list[str]:
 
 def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, pool_table: pa.Table,
                       seed_table: pa.Table) -> np.ndarray:
-    """Every pool document's score under ``cfg``: similarity to the seeds, with feedback; for hybrid, averaged with
-    MiniLM's cosine after both are standardised; random scores for the random baseline."""
+    """Every pool document's score under ``cfg``: the SAE codes' similarity to the seeds, with feedback; for hybrid,
+    averaged with MiniLM's cosine after both are standardised. The baselines score as they always have: plain max
+    cosine (minilm, raw_act) or random."""
     from finescope_core.embed import minilm_embeddings
     from finescope_core.select import combined_scores, max_cosine, seed_scores
 
     if cfg.method == "random":
         return np.random.default_rng(cfg.seed).random(len(docs))
+    if cfg.method not in ("sae", "hybrid"):
+        return max_cosine(docs, seeds)
     scores = seed_scores(docs, seeds, cfg.similarity, cfg.feedback_docs)
     if cfg.method == "hybrid":
         embedder = max_cosine(minilm_embeddings(pool_table["text"].to_pylist()),

@@ -76,7 +76,7 @@ def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_pa
     subject, although a's and b's SAE codes are nearer the seed's."""
     from finescope_core import stages, storage
     from finescope_core.config import SelectConfig
-    from finescope_core.embed import write_embeddings
+    from finescope_core.embed import minilm_embeddings, write_embeddings
     from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
 
     texts = {"a": "The match ended two nil after a late goal from the striker in the second half of play.",
@@ -105,3 +105,13 @@ def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_pa
     assert [first(), first(similarity="jaccard"), first(method="hybrid")] == ["a", "b", "c"]
     with pytest.raises(ValueError, match=r"select\.similarity='jaccard' compares non-negative SAE codes"):
         SelectConfig(method="minilm", similarity="jaccard")
+
+    # feedback belongs to the SAE score: a baseline keeps its plain max cosine whatever feedback_docs says
+    baseline = SelectConfig(budget=len(texts), decontaminate=False, near_duplicate_cosine=1.0, method="minilm",
+                            feedback_docs=3)
+    chosen = storage.read_parquet(storage.join(stages.curated(root, pool, seeds, refs, None, baseline)["uri"],
+                                               "curated.parquet"))
+    seed_text = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))["text"].to_pylist()
+    plain = dict(zip(texts, max_cosine(minilm_embeddings(list(texts.values())), minilm_embeddings(seed_text))))
+    np.testing.assert_allclose(chosen["score"].to_numpy(), [plain[d] for d in chosen["doc_id"].to_pylist()],
+                               atol=1e-5)
