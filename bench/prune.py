@@ -2,9 +2,10 @@
 
 Usage: .venv/bin/python bench/prune.py [--domains medicine math] [--ratio 0.25] [--eval-docs 200]
 For each domain the demo config curates calibration data (dump -> SAE -> select, cached under --output); the model is
-pruned with the default settings calibrated on that curated data and on generic pool text, then with magnitude,
-random and Taylor importance (Taylor also without the least-squares refit: LLM-Pruner's scoring), and each is scored
-by held-out perplexity (no recovery). The pruning step runs once more in a
+pruned with the default settings calibrated on that curated data and on generic pool text, with the refit aimed at
+either target (the unpruned model's layer outputs, or the layer's own weights on the pruned model's inputs), then
+with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares
+refit), and each is scored by held-out perplexity (no recovery). The pruning step runs once more in a
 child process to read its peak RSS; dense and pruned forwards alternate in one process for the speed-up.
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}}}.
 """
@@ -12,6 +13,7 @@ Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl":
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -33,13 +35,45 @@ from finescope_core.models import load_model, load_tokenizer
 
 VARIANTS = {  # label -> (calibration text, settings that differ from the config's)
     "curated": ("curated", {}),
+    "curated_dense_target": ("curated", {"refit_target": "dense"}),  # refit to the unpruned model's layer outputs
+    "curated_own_target": ("curated", {"refit_target": "own"}),  # refit to the layer's weights on the pruned inputs
     "generic": ("generic", {}),
     "magnitude": ("curated", {"importance": "magnitude"}),
     "random": ("curated", {"importance": "random"}),
-    "taylor": ("curated", {"importance": "taylor"}),
-    "taylor_no_refit": ("curated", {"importance": "taylor", "reconstruct": False}),  # LLM-Pruner's scoring as is
+    "param_first": ("curated", {"importance": "param_first"}),  # LLM-Pruner's first-order scoring, with our refit
+    "param_first_no_refit": ("curated", {"importance": "param_first", "reconstruct": False}),  # and without
 }
 SPEED_SHAPE = (8, 256)
+# LLM-Pruner's published recipe as scaled to SmolLM2 (../shared/notes/anchor-llm-pruner.md): layers 3-27 of 30,
+# param_first importance from 10 generic sequences of 64 tokens, no refit.
+RECIPE, RECIPE_LAYERS, RECIPE_SAMPLES, RECIPE_TOKENS = "llm_pruner_recipe", range(3, 28), 10, 64
+
+
+def llm_pruner_recipe(model_uri: str, generic_texts: list[str], ratio: float):
+    """Our implementation of LLM-Pruner's recipe (not its code), pruned in memory: the layers outside the range keep
+    their widths, so no stock folder can hold the result. Inside the range, a third of each kv group's query heads
+    goes (LLM-Pruner removes whole kv heads, which our pruner does not) and the MLP channels that bring the total
+    removed to ``ratio`` of all parameters."""
+    from finescope_core.importance import attention_shape, taylor_scores
+    from finescope_core.model_structure import decoder_layers
+    from finescope_core.models import count_parameters
+    from finescope_core.prune import Plan, calibration_sequences, choose_blocks, parts, prune_part
+
+    model = load_model(model_uri, in_memory=True)
+    sequences = calibration_sequences(load_tokenizer(model_uri), generic_texts, RECIPE_SAMPLES, RECIPE_TOKENS)
+    scores = taylor_scores(model, sequences, "param_first", "cpu")
+    shape, layers = attention_shape(model), decoder_layers(model)
+    hidden = model.config.hidden_size
+    heads = shape.n_rep // 3
+    per_layer = ratio * count_parameters(model) / len(RECIPE_LAYERS) - shape.n_kv * heads * 2 * shape.head_dim * hidden
+    plan = Plan(heads, round(per_layer / (3 * hidden)))
+    cfg = PruneConfig(importance="param_first", reconstruct=False)
+    for index in RECIPE_LAYERS:
+        for part, part_scores in zip(parts(shape, plan), scores[index]):
+            blocks = choose_blocks(layers[index].get_submodule(part.projection).weight, part, cfg, None, part_scores)
+            with torch.no_grad():
+                prune_part(layers[index], part, blocks, shape, None, refit=False)
+    return model
 
 
 def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> float:
@@ -85,7 +119,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--eval-docs", type=int, default=200)
     parser.add_argument("--eval-tokens", type=int, default=256)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, RECIPE], default=[*VARIANTS, RECIPE])
     parser.add_argument("--seeds", type=int, default=1,
                         help="calibration seeds of the curated variant (its perplexity is their mean; spread printed)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -95,15 +129,17 @@ def main() -> None:
     config = load_config(args.config, {"output": args.output})  # the curation settings
     overrides = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
     base_prune = PruneConfig(ratio=args.ratio, **overrides)  # the library's defaults, not the demo's
-    variants = {label: VARIANTS[label] for label in args.variants}
-    ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in variants}}
+    variants = {label: VARIANTS[label] for label in args.variants if label != RECIPE}
+    ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in args.variants}}
     cache = Path(args.output) / "perplexity"
     spread: dict[str, float] = {}  # half the range of the curated variant's perplexity over calibration seeds
 
-    def held_out_ppl(model_uri: str, key: str, tokenizer, docs) -> float:
-        """Perplexity on the domain's held-out docs, kept per model so a rerun resumes."""
+    def held_out_ppl(model, key: str, tokenizer, docs) -> float:
+        """Perplexity on the domain's held-out docs of a model (its folder, or a function that makes it), kept per
+        model so a rerun resumes."""
         def compute() -> float:
-            scores = document_scores(load_model(model_uri), tokenizer, docs, args.eval_tokens, 8)
+            loaded = model() if callable(model) else load_model(model)
+            scores = document_scores(loaded, tokenizer, docs, args.eval_tokens, 8)
             return math.exp(sum(scores["nll"]) / sum(scores["tokens"]))
 
         return cached(cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json", compute)
@@ -133,6 +169,12 @@ def main() -> None:
             ppl[label][domain] = statistics.mean(by_seed)
             if label == "curated":
                 spread[domain] = (max(by_seed) - min(by_seed)) / 2
+        if RECIPE in args.variants:
+            generic = stages.calibration_texts(calibration["generic"], DOCS_FILE, RECIPE_SAMPLES, base_prune.seed,
+                                               sample=True)
+            recipe = functools.partial(llm_pruner_recipe, model_ref["uri"], generic, args.ratio)
+            key = f"{domain}-{RECIPE}-{calibration['generic']['fingerprint']}-{args.ratio}"
+            ppl[RECIPE][domain] = held_out_ppl(recipe, key, tokenizer, docs)
     model_bytes = 4 * counts["params_before"]
     peak = peak_rss_of_pruning(model_ref["uri"], *calibration_of_first)
     dense_tok_s, pruned_tok_s = alternating_speed(load_model(model_ref["uri"]), load_model(pruned_uri))
@@ -140,9 +182,9 @@ def main() -> None:
     print(f"SmolLM2 {counts['params_before'] / 1e6:.1f}M -> {counts['params_after'] / 1e6:.1f}M parameters "
           f"({1 - counts['params_after'] / counts['params_before']:.2%} removed); prune settings: "
           f"{base_prune.model_dump(exclude_defaults=True)}; {args.eval_docs} docs x {args.eval_tokens} tokens/domain")
-    print(f"{'perplexity':<12}" + "".join(f"{d:>12}" for d in args.domains))
+    print(f"{'perplexity':<22}" + "".join(f"{d:>12}" for d in args.domains))
     for label, row in ppl.items():
-        print(f"{label:<12}" + "".join(f"{row[d]:>12.2f}" for d in args.domains))
+        print(f"{label:<22}" + "".join(f"{row[d]:>12.2f}" for d in args.domains))
     print(f"curated, {args.seeds} calibration seed(s): +-" + ", ".join(f"{d} {v:.2f}" for d, v in spread.items()))
     print(f"peak RSS of pruning: {peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}x the fp32 model "
           f"({model_bytes / 2**30:.2f} GiB)")

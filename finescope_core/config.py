@@ -162,18 +162,32 @@ class SelectConfig(StageConfig):
 
 
 class PruneConfig(StageConfig):
-    ratio: float = Field(0.25, gt=0, le=0.9, description="Fraction of all parameters to remove.")
-    importance: Literal["obs", "taylor", "taylor2", "activation", "magnitude", "random"] = Field(
+    ratio: float = Field(0.25, gt=0, le=0.9, description="Fraction of the parameters ratio_of counts to remove.")
+    ratio_of: Literal["total", "decoder"] = Field(
+        "total", description="Which parameters ratio counts: total (all, the embeddings included) or decoder (the "
+        "decoder layers' only; a model whose embedding is most of it, as a large-vocabulary small model's is, is "
+        "pruned by a share of what pruning can touch). Embeddings and norms are never pruned."
+    )
+    importance: Literal["obs", "param_first", "param_mix", "taylor_per_sequence", "activation", "magnitude",
+                        "random"] = Field(
         "obs",
         description="Group importance: obs (the groups whose loss a least-squares refit of the remaining ones "
-        "absorbs best, chosen greedily: Optimal Brain Surgeon), taylor (first-order |w*grad|, LLM-Pruner's default), "
-        "taylor2 (plus its second-order Fisher term), activation (each group's output energy on calibration text, "
-        "Wanda/FLAP-like), weight magnitude, or random.",
+        "absorbs best, chosen greedily: Optimal Brain Surgeon), param_first (LLM-Pruner's first-order Taylor "
+        "|w*grad| of the calibration batch's gradient), param_mix (LLM-Pruner's, plus its second-order term with the "
+        "Fisher diagonal), taylor_per_sequence (|w*grad| of each calibration sequence's gradient, summed), activation "
+        "(each group's output energy on calibration text, Wanda/FLAP-like), weight magnitude, or random.",
     )
     reconstruct: bool = Field(
         True,
-        description="Prune layer by layer on calibration text and refit o_proj/down_proj by least squares to what the "
-        "removed heads and channels contributed (no extra parameters; the folder stays stock).",
+        description="Prune layer by layer on calibration text and refit o_proj/down_proj by least squares (to the "
+        "target refit_target names), so the kept heads and channels take over what the removed ones did (no extra "
+        "parameters; the folder stays stock).",
+    )
+    refit_target: Literal["dense", "own"] = Field(
+        "dense",
+        description="What the refit reproduces: dense (the unpruned model's layer outputs on its own inputs, so each "
+        "refit also undoes the error passed up by the pruned layers below) or own (the layer's unpruned weights "
+        "applied to the inputs the pruned model gives it).",
     )
     calibration: Literal["curated", "generic"] = Field(
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."

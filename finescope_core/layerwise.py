@@ -1,8 +1,10 @@
 """Layer-by-layer passes over calibration text, and the least-squares refit of a pruned output projection.
 
 Pruning goes through the decoder one layer at a time (as SparseGPT does): each layer sees the hidden states the
-already-pruned layers below it produce, so it can correct for their error. Memory holds the calibration hidden
-states of one layer boundary and the input Gram matrices of one layer, never a whole model's worth of statistics.
+already-pruned layers below it produce. Two streams of hidden states can be carried: the pruned model's and the
+unpruned model's. With both, a refit targets what the unpruned layer computes from its own inputs, so it corrects
+the error the pruned layers below passed up, not only the error of its own cut. Memory holds one layer boundary's
+hidden states per stream and the input statistics of one projection, never a whole model's worth.
 """
 
 from __future__ import annotations
@@ -24,8 +26,18 @@ class _Stop(Exception):
 class LayerInputs:
     """What each decoder layer receives for each calibration batch: hidden states and keyword arguments."""
 
-    hidden: list[torch.Tensor]  # per batch, the current layer's input
+    hidden: list[torch.Tensor]  # per batch, the current layer's input in the model being pruned
     kwargs: list[list[dict]]  # [layer][batch]: attention mask, position embeddings, ...
+    dense: list[torch.Tensor] | None = None  # per batch, the same layer's input in the unpruned model
+
+
+@dataclass
+class InputStatistics:
+    """Sums over calibration tokens for one linear module's inputs: ``gram`` of x x^T (the pruned model's inputs
+    x), and ``cross`` of x x_dense^T, token by token against the unpruned model's inputs (None: one stream)."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor | None = None
 
 
 def capture_inputs(model, batches: list[torch.Tensor]) -> LayerInputs:
@@ -68,35 +80,49 @@ def _identity(hidden_states, *args, **kwargs):
     return hidden_states
 
 
-def input_grams(layer, inputs: LayerInputs, index: int, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Sum of x x^T over calibration tokens for the inputs of the named linear modules of one layer (float64)."""
-    grams: dict[str, torch.Tensor] = {}
-    handles = []
-    for name in names:
-        module = layer.get_submodule(name)
+def module_input(layer, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The input rows [tokens, in_features] of ``layer``'s linear module ``name`` on one batch (the rest of the
+    layer is skipped)."""
+    seen: list[torch.Tensor] = []
 
-        def hook(module, args, name=name):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            gram = (x.T @ x).double()
-            grams[name] = grams[name] + gram if name in grams else gram
+    def hook(module, args):
+        seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+        raise _Stop
 
-        handles.append(module.register_forward_pre_hook(hook))
+    handle = layer.get_submodule(name).register_forward_pre_hook(hook)
     try:
-        run_layer(layer, inputs, index)
+        with torch.no_grad():
+            layer(hidden, **kwargs)
+    except _Stop:
+        pass
     finally:
-        for handle in handles:
-            handle.remove()
-    return grams
+        handle.remove()
+    return seen[0]
 
 
-def run_layer(layer, inputs: LayerInputs, index: int, advance: bool = False) -> None:
-    """Run the layer on every calibration batch; with ``advance``, its outputs replace the inputs batch by batch
-    (so one layer boundary's hidden states are held, not two)."""
+def input_statistics(layer, inputs: LayerInputs, index: int, name: str, dense_layer=None) -> InputStatistics:
+    """The Gram matrix (float64) of the inputs of ``layer``'s module ``name`` over the calibration batches, and with
+    ``dense_layer`` (the layer as it was before pruning) their cross products with the unpruned model's inputs."""
+    gram = cross = None
+    for batch, kwargs in enumerate(inputs.kwargs[index]):
+        x = module_input(layer, name, inputs.hidden[batch], kwargs)
+        gram = (x.T @ x).double() + (0 if gram is None else gram)
+        if dense_layer is not None:
+            x_dense = module_input(dense_layer, name, inputs.dense[batch], kwargs)
+            cross = (x.T @ x_dense).double() + (0 if cross is None else cross)
+    return InputStatistics(gram, cross)
+
+
+def run_layer(layer, inputs: LayerInputs, index: int, advance: bool = False, dense: bool = False) -> None:
+    """Run the layer on every calibration batch of the pruned model's stream (of the unpruned model's, with
+    ``dense``); with ``advance``, its outputs replace the inputs batch by batch (so one layer boundary's hidden
+    states are held, not two)."""
+    states = inputs.dense if dense else inputs.hidden
     with torch.no_grad():
-        for batch, (hidden, kwargs) in enumerate(zip(inputs.hidden, inputs.kwargs[index])):
+        for batch, (hidden, kwargs) in enumerate(zip(states, inputs.kwargs[index])):
             out = layer(hidden, **kwargs)
             if advance:
-                inputs.hidden[batch] = out[0] if isinstance(out, tuple) else out
+                states[batch] = out[0] if isinstance(out, tuple) else out
 
 
 def diagonal_blocks(matrix: torch.Tensor, block: int) -> torch.Tensor:
@@ -105,11 +131,25 @@ def diagonal_blocks(matrix: torch.Tensor, block: int) -> torch.Tensor:
     return matrix.view(n_blocks, block, n_blocks, block).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
 
 
+def ridge(gram: torch.Tensor) -> torch.Tensor:
+    """The damping added to a Gram matrix's diagonal: a fraction of its mean diagonal."""
+    return DAMPING * gram.double().diagonal().mean().clamp_min(1e-12)
+
+
 def damped(gram: torch.Tensor) -> torch.Tensor:
     """The Gram matrix plus a small ridge, so that inputs that are (nearly) always zero or collinear stay solvable."""
     gram = gram.double()
-    ridge = DAMPING * gram.diagonal().mean().clamp_min(1e-12)
-    return gram + ridge * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    return gram + ridge(gram) * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+
+
+def corrected_weight(weight: torch.Tensor, stats: InputStatistics) -> torch.Tensor:
+    """The weight that best maps the pruned model's inputs onto what ``weight`` computes from the unpruned model's:
+    W' = W C^T H^-1, with H the damped Gram matrix and C the cross products plus the same ridge, so that W' is
+    pulled towards W where the inputs say little. Removing columns from W' (:func:`refit_columns`) then gives the
+    least-squares fit to the unpruned layer's output from the kept inputs."""
+    eye = torch.eye(len(stats.gram), dtype=torch.float64, device=stats.gram.device)
+    target = (stats.cross.double() + ridge(stats.gram) * eye) @ weight.double().T  # [in, out]
+    return torch.linalg.solve(damped(stats.gram), target).T.to(weight.dtype)
 
 
 def refit_columns(weight: torch.Tensor, gram: torch.Tensor, kept: list[int]) -> torch.Tensor:

@@ -3,12 +3,15 @@
 Per decoder layer, whole query heads (the same number inside every kv group, so GQA stays valid) and MLP channels
 are removed, ranked by an importance score (``finescope_core.importance``). Every layer keeps the same widths, so
 the result is a stock transformers folder. Beyond LLM-Pruner, the layers are pruned in order on calibration text and
-the output projections (``o_proj``, ``down_proj``) are refit by least squares to the removed groups' contribution
-(``finescope_core.layerwise``): a 135M model loses far less from the same cut, before any recovery training.
+the output projections (``o_proj``, ``down_proj``) are refit by least squares (``finescope_core.layerwise``): by
+default to the unpruned model's layer outputs, which also undoes the error of the pruned layers below. Within a
+layer, the attention is pruned and refit first, and the MLP's statistics are taken on what that attention now
+feeds it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +20,29 @@ import torch
 import torch_pruning as tp
 
 from finescope_core.config import PruneConfig
-from finescope_core.importance import AttentionShape, activation_scores, attention_shape, static_scores, taylor_scores
-from finescope_core.layerwise import capture_inputs, input_grams, refit_columns, run_layer
+from finescope_core.importance import (
+    TAYLOR,
+    AttentionShape,
+    attention_shape,
+    output_energies,
+    static_scores,
+    taylor_scores,
+)
+from finescope_core.layerwise import (
+    InputStatistics,
+    LayerInputs,
+    capture_inputs,
+    corrected_weight,
+    input_statistics,
+    refit_columns,
+    run_layer,
+)
 from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.obs import obs_removal
 from finescope_core.progress import progress
 
-SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
-GRAM_INPUTS = ("self_attn.o_proj", "mlp.down_proj")
+SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM")
 CALIBRATION_BATCH = 8  # sequences per forward in the layer-by-layer pass
 
 
@@ -50,14 +67,15 @@ def head_removal(ideal: float, hidden: int, n_kv: int, n_rep: int) -> int:
     return min(valid, key=lambda h: (abs(h - ideal), h))
 
 
-def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1) -> Plan:
-    """Per-layer widths that remove ``ratio`` of all parameters as closely as uniform widths allow, keeping an MLP
-    width that is a multiple of ``width_multiple`` (matrix kernels run markedly slower on odd widths)."""
+def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1, ratio_of: str = "total") -> Plan:
+    """Per-layer widths that remove ``ratio`` of the parameters ``ratio_of`` counts (all of them, or the decoder
+    layers') as closely as uniform widths allow, keeping an MLP width that is a multiple of ``width_multiple``
+    (matrix kernels run markedly slower on odd widths)."""
     shape = attention_shape(model)
     hidden, n_layers = model.config.hidden_size, len(decoder_layers(model))
-    total = count_parameters(model)
-    target = ratio * total
     block = sum(p.numel() for p in decoder_layers(model)[0].parameters())
+    total = count_parameters(model) if ratio_of == "total" else n_layers * block
+    target = ratio * total
     ideal_heads = shape.n_rep * target / (n_layers * block)
     heads = head_removal(ideal_heads, hidden, shape.n_kv, shape.n_rep) if prune_heads else 0
     head_params = 2 * shape.head_dim * hidden  # q rows + o columns (biases are negligible)
@@ -67,7 +85,7 @@ def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1)
     if remaining > n_layers * (intermediate - 1) * channel_params:
         most = n_layers * (shape.n_kv * heads * head_params + (intermediate - 1) * channel_params) / total
         raise ValueError(f"prune.ratio={ratio} would leave a layer without MLP channels (embeddings and norms are not "
-                         f"pruned; this model allows at most {most:.3f}); lower it")
+                         f"pruned; this model allows at most {most:.3f} of its {ratio_of} parameters); lower it")
     kept = intermediate - max(0, round(remaining / (n_layers * channel_params)))
     channels = intermediate - max(width_multiple, width_multiple * round(kept / width_multiple))
     channels = max(0, min(channels, intermediate - 1))
@@ -92,52 +110,78 @@ def calibration_sequences(tokenizer, texts: Sequence[str], n_samples: int, n_tok
 
 
 def needs_calibration(cfg: PruneConfig) -> bool:
-    return cfg.reconstruct or cfg.importance in ("taylor", "taylor2", "activation", "obs")
+    return cfg.reconstruct or cfg.importance in (*TAYLOR, "activation", "obs")
 
 
-def choose_groups(layer, index: int, plan: Plan, shape: AttentionShape, cfg: PruneConfig, grams: dict | None,
-                  taylor: list | None, generator: torch.Generator) -> tuple[list[int], list[int]]:
-    """The query heads and MLP channels of one layer to remove: the lowest scores, or the OBS choice."""
+@dataclass(frozen=True)
+class Part:
+    """The heads of a layer's attention or the channels of its MLP, as blocks of input columns of the output
+    projection: ``per_group`` blocks leave each of ``groups`` equal runs of blocks (a kv group's query heads)."""
+
+    projection: str
+    block: int
+    groups: int
+    per_group: int
+
+
+def parts(shape: AttentionShape, plan: Plan) -> tuple[Part, Part]:
+    return (Part("self_attn.o_proj", shape.head_dim, shape.n_kv, plan.heads_per_group),
+            Part("mlp.down_proj", 1, 1, plan.mlp_channels))
+
+
+def choose_blocks(weight: torch.Tensor, part: Part, cfg: PruneConfig, stats: InputStatistics | None,
+                  scores: torch.Tensor | None) -> list[int]:
+    """The blocks of ``part`` to remove: the OBS choice, or the lowest ``scores`` (given for the Taylor kinds,
+    magnitude and random; read off the statistics for activation) within each group."""
+    if part.per_group == 0:
+        return []
     if cfg.importance == "obs":
-        o_proj, down_proj = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
-        heads = (obs_removal(o_proj, grams["self_attn.o_proj"], shape.head_dim, shape.n_kv, plan.heads_per_group)
-                 if plan.heads_per_group else [])
-        channels = obs_removal(down_proj, grams["mlp.down_proj"], 1, 1, plan.mlp_channels) if plan.mlp_channels else []
-        return heads, channels
-    if taylor is not None:
-        head_scores, channel_scores = taylor[index]
-    elif cfg.importance == "activation":
-        head_scores, channel_scores = activation_scores(layer, grams["self_attn.o_proj"], grams["mlp.down_proj"],
-                                                        shape)
+        return obs_removal(weight, stats.gram, part.block, part.groups, part.per_group)
+    if cfg.importance == "activation":
+        scores = output_energies(weight, stats.gram, part.block)
+    blocks_per_group = scores.numel() // part.groups
+    lowest = scores.reshape(part.groups, blocks_per_group).argsort(dim=1)[:, : part.per_group]
+    return sorted(int(g * blocks_per_group + b) for g in range(part.groups) for b in lowest[g])
+
+
+def prune_part(layer, part: Part, blocks: list[int], shape: AttentionShape, stats: InputStatistics | None,
+               refit: bool) -> None:
+    """Remove ``blocks`` of ``part`` (query heads with their ``q_proj`` rows, or MLP channels with their
+    ``gate_proj``/``up_proj`` rows); with ``refit``, the output projection's kept columns are solved by least squares
+    on ``stats`` (to the unpruned layer's output where the statistics hold the unpruned model's inputs)."""
+    if not blocks:
+        return
+    projection = layer.get_submodule(part.projection)
+    columns = [c for b in blocks for c in range(b * part.block, (b + 1) * part.block)]
+    kept = sorted(set(range(projection.in_features)) - set(columns))
+    weight = refit_columns(projection.weight.detach(), stats.gram, kept) if refit else None
+    tp.prune_linear_in_channels(projection, columns)
+    if weight is not None:
+        projection.weight.data.copy_(weight)
+    if part.projection == "self_attn.o_proj":
+        tp.prune_linear_out_channels(layer.self_attn.q_proj, columns)
+        layer.self_attn.num_key_value_groups = shape.n_rep - len(blocks) // shape.n_kv
     else:
-        head_scores, channel_scores = static_scores(layer, cfg.importance, shape, generator)
-    drop_heads = head_scores.argsort(dim=1)[:, : plan.heads_per_group]
-    heads = sorted(int(g * shape.n_rep + h) for g in range(shape.n_kv) for h in drop_heads[g])
-    return heads, sorted(channel_scores.argsort()[: plan.mlp_channels].tolist())
+        tp.prune_linear_out_channels(layer.mlp.gate_proj, columns)
+        tp.prune_linear_out_channels(layer.mlp.up_proj, columns)
 
 
-def prune_layer(layer, head_ids: list[int], channels: list[int], shape: AttentionShape,
-                grams: dict[str, torch.Tensor] | None) -> None:
-    """Remove query heads (evenly per kv group) and MLP channels of one layer; with ``grams``, refit ``o_proj`` and
-    ``down_proj`` on the inputs that remain."""
-    attn, mlp = layer.self_attn, layer.mlp
-    rows = [r for h in head_ids for r in range(h * shape.head_dim, (h + 1) * shape.head_dim)]
-    if rows:
-        _remove_inputs(attn.o_proj, rows, grams and grams["self_attn.o_proj"])
-        tp.prune_linear_out_channels(attn.q_proj, rows)
-        attn.num_key_value_groups = shape.n_rep - len(head_ids) // shape.n_kv
-    if channels:
-        _remove_inputs(mlp.down_proj, channels, grams and grams["mlp.down_proj"])
-        tp.prune_linear_out_channels(mlp.gate_proj, channels)
-        tp.prune_linear_out_channels(mlp.up_proj, channels)
-
-
-def _remove_inputs(linear: torch.nn.Linear, removed: list[int], gram: torch.Tensor | None) -> None:
-    kept = sorted(set(range(linear.in_features)) - set(removed))
-    refit = refit_columns(linear.weight.detach(), gram, kept) if gram is not None else None
-    tp.prune_linear_in_channels(linear, removed)
-    if refit is not None:
-        linear.weight.data.copy_(refit)
+def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: PruneConfig, inputs: LayerInputs | None,
+                scores: tuple[torch.Tensor, torch.Tensor] | None, dense_layer) -> tuple[list[int], list[int]]:
+    """Prune one layer's attention, then its MLP, each on statistics taken as it is at that point (the MLP's after
+    the attention above it is pruned and refit). ``scores`` are the (head, channel) scores of a calibration-free or
+    gradient importance; ``dense_layer``, the layer before pruning, makes the refit target its outputs."""
+    removed = []
+    for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
+        stats = input_statistics(layer, inputs, index, part.projection, dense_layer) if inputs else None
+        if stats is not None and stats.cross is not None:
+            projection = layer.get_submodule(part.projection)
+            projection.weight.data.copy_(corrected_weight(projection.weight.detach(), stats))
+        blocks = choose_blocks(layer.get_submodule(part.projection).weight, part, cfg, stats, part_scores)
+        with torch.no_grad():
+            prune_part(layer, part, blocks, shape, stats, cfg.reconstruct)
+        removed.append(blocks)
+    return removed[0], removed[1]
 
 
 def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir: Path, cfg: PruneConfig,
@@ -147,24 +191,29 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
     tokenizer = load_tokenizer(model_dir)
     check_supported(model)
     shape = attention_shape(model)
-    plan = plan_widths(model, cfg.ratio, cfg.prune_heads, cfg.width_multiple)
+    plan = plan_widths(model, cfg.ratio, cfg.prune_heads, cfg.width_multiple, cfg.ratio_of)
     params_before = count_parameters(model)
     sequences = (calibration_sequences(tokenizer, calibration_texts, cfg.calibration_samples, cfg.calibration_tokens)
                  if needs_calibration(cfg) else None)
-    taylor = (taylor_scores(model, sequences, cfg.importance == "taylor2", device)
-              if cfg.importance in ("taylor", "taylor2") else None)
+    taylor = taylor_scores(model, sequences, cfg.importance, device) if cfg.importance in TAYLOR else None
     layerwise = cfg.reconstruct or cfg.importance in ("activation", "obs")
     inputs = capture_inputs(model, list(sequences.split(CALIBRATION_BATCH))) if layerwise else None
+    correcting = cfg.reconstruct and cfg.refit_target == "dense"
+    if correcting:
+        inputs.dense = [hidden.clone() for hidden in inputs.hidden]
     generator = torch.Generator().manual_seed(cfg.seed)
     removed = []
     for index, layer in enumerate(progress(decoder_layers(model), "prune layers")):
-        grams = input_grams(layer, inputs, index, GRAM_INPUTS) if layerwise else None
-        heads, channels = choose_groups(layer, index, plan, shape, cfg, grams, taylor, generator)
-        with torch.no_grad():
-            prune_layer(layer, heads, channels, shape, grams if cfg.reconstruct else None)
+        dense_layer = copy.deepcopy(layer) if correcting else None
+        scores = taylor[index] if taylor is not None else None
+        if cfg.importance in ("magnitude", "random"):
+            scores = static_scores(layer, cfg.importance, shape, generator)
+        heads, channels = prune_layer(layer, index, plan, shape, cfg, inputs, scores, dense_layer)
         removed.append({"query_heads": heads, "mlp_channels": channels})
         if layerwise:
             run_layer(layer, inputs, index, advance=True)
+        if correcting:
+            run_layer(dense_layer, inputs, index, advance=True, dense=True)
     model.config.num_attention_heads = shape.n_kv * (shape.n_rep - plan.heads_per_group)
     model.config.head_dim = shape.head_dim
     model.config.intermediate_size -= plan.mlp_channels
@@ -174,10 +223,12 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
         "params_before": params_before,
         "params_after": count_parameters(model),
         "removed_fraction": 1 - count_parameters(model) / params_before,
+        "ratio_of": cfg.ratio_of,
         "query_heads_removed_per_kv_group": plan.heads_per_group,
         "mlp_channels_removed_per_layer": plan.mlp_channels,
         "importance": cfg.importance,
         "reconstruct": cfg.reconstruct,
+        "refit_target": cfg.refit_target if cfg.reconstruct else None,
         "calibration_tokens": int(sequences.numel()) if sequences is not None else 0,
         "layers": removed,
     }

@@ -4,8 +4,15 @@ from pathlib import Path
 
 import torch
 
-from finescope_core.importance import activation_scores, attention_shape, taylor_scores
-from finescope_core.layerwise import capture_inputs, input_grams, refit_columns, run_layer
+from finescope_core.importance import attention_shape, output_energies, taylor_scores
+from finescope_core.layerwise import (
+    InputStatistics,
+    capture_inputs,
+    corrected_weight,
+    input_statistics,
+    refit_columns,
+    run_layer,
+)
 from finescope_core.model_structure import decoder_layers
 from finescope_core.models import load_model
 
@@ -20,6 +27,26 @@ def test_refit_is_exact_when_removed_inputs_are_combinations_of_kept_ones():
     naive = weight[:, :6]
     error = (x @ weight.T - kept_inputs @ refit.T).norm() / (x @ weight.T).norm()
     assert error < 0.02 < (x @ weight.T - kept_inputs @ naive.T).norm() / (x @ weight.T).norm()
+
+
+def test_refit_of_the_corrected_weight_is_the_least_squares_fit_to_the_dense_outputs():
+    """min ||W' x[kept] - W x_dense|| over the calibration tokens, where x (the pruned model's inputs) has drifted
+    from x_dense: the corrected weight's refit reaches the direct solution, the refit of W itself does not."""
+    torch.manual_seed(0)
+    x_dense = torch.randn(2000, 8, dtype=torch.float64)
+    x = x_dense @ (torch.eye(8, dtype=torch.float64) + 0.3 * torch.randn(8, 8, dtype=torch.float64))  # drifted
+    x = x + 0.05 * torch.randn_like(x)
+    weight, kept = torch.randn(4, 8, dtype=torch.float64), [0, 1, 2, 4, 5, 7]
+    stats = InputStatistics(x.T @ x, x.T @ x_dense)
+    target = x_dense @ weight.T
+    direct = torch.linalg.lstsq(x[:, kept], target).solution.T
+
+    def error(w: torch.Tensor) -> float:
+        return float((x[:, kept] @ w.T - target).norm() / target.norm())
+
+    corrected = refit_columns(corrected_weight(weight, stats), stats.gram, kept)
+    assert abs(error(corrected) - error(direct)) < 1e-3
+    assert error(refit_columns(weight, stats.gram, kept)) > error(direct) + 0.1
 
 
 def test_layer_by_layer_pass_reproduces_the_model(tiny_model: Path):
@@ -42,34 +69,59 @@ def test_activation_scores_are_output_energies(tiny_model: Path):
     seen = {}
     layer.mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("down", a[0]))
     layer.self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.setdefault("o", a[0]))
-    grams = input_grams(layer, inputs, 0, ("self_attn.o_proj", "mlp.down_proj"))
+    run_layer(layer, inputs, 0)
     shape = attention_shape(model)
-    heads, channels = activation_scores(layer, grams["self_attn.o_proj"], grams["mlp.down_proj"], shape)
+    w_o, w_down = layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
+    heads = output_energies(w_o, input_statistics(layer, inputs, 0, "self_attn.o_proj").gram, shape.head_dim)
+    channels = output_energies(w_down, input_statistics(layer, inputs, 0, "mlp.down_proj").gram, 1)
     down_in = seen["down"].reshape(-1, seen["down"].shape[-1])
-    w = layer.mlp.down_proj.weight
-    energy_3 = (down_in[:, 3:4] @ w[:, 3:4].T).pow(2).sum()
+    energy_3 = (down_in[:, 3:4] @ w_down[:, 3:4].T).pow(2).sum()
     assert torch.allclose(channels[3], energy_3, rtol=1e-4)
     o_in = seen["o"].reshape(-1, seen["o"].shape[-1])
     cols = slice(shape.head_dim, 2 * shape.head_dim)  # query head 1 = kv group 0, second head
-    energy_head = (o_in[:, cols] @ layer.self_attn.o_proj.weight[:, cols].T).pow(2).sum()
-    assert torch.allclose(heads[0, 1], energy_head, rtol=1e-4)
+    energy_head = (o_in[:, cols] @ w_o[:, cols].T).pow(2).sum()
+    assert torch.allclose(heads[1], energy_head, rtol=1e-4)
 
 
-def test_taylor_scores_sum_per_sequence_saliencies(tiny_model: Path):
-    model = load_model(tiny_model)
-    sequences = torch.randint(0, 49152, (2, 8))
-    heads, channels = taylor_scores(model, sequences, second_order=False, device="cpu")[1]
-    mlp = decoder_layers(model)[1].mlp
-    weights = {mlp.gate_proj.weight: 1, mlp.up_proj.weight: 1, mlp.down_proj.weight: 0}  # weight -> summed axis
-    expected = torch.zeros(mlp.up_proj.weight.shape[0])
-    for sequence in sequences:  # the same saliency from plain autograd, one sequence at a time
+MLP_WEIGHTS = {"gate_proj": 1, "up_proj": 1, "down_proj": 0}  # weight -> the axis summed to leave one per channel
+
+
+def mlp_gradients(model, batches: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Plain autograd: layer 1's MLP weight gradients of each batch's loss."""
+    mlp, out = decoder_layers(model)[1].mlp, []
+    for batch in batches:
         model.zero_grad()
-        for weight in weights:
-            weight.requires_grad_(True)
-        model(input_ids=sequence[None], labels=sequence[None]).loss.backward()
-        for weight, axis in weights.items():
-            expected += (weight * weight.grad).abs().sum(axis).detach()
-            weight.requires_grad_(False)
-    assert torch.allclose(channels, expected, rtol=1e-4)
-    assert heads.shape == (2, 2) and (heads > 0).all()
-    assert not any(p.requires_grad for p in model.parameters())
+        for name in MLP_WEIGHTS:
+            getattr(mlp, name).weight.requires_grad_(True)
+        model(input_ids=batch, labels=batch).loss.backward()
+        out.append({name: getattr(mlp, name).weight.grad.clone() for name in MLP_WEIGHTS})
+        for name in MLP_WEIGHTS:
+            getattr(mlp, name).weight.requires_grad_(False)
+    model.zero_grad()
+    return out
+
+
+def test_taylor_scores_are_llm_pruners_and_the_per_sequence_variant(tiny_model: Path):
+    model = load_model(tiny_model)
+    sequences = torch.randint(0, 49152, (3, 8))
+    weight = {name: getattr(decoder_layers(model)[1].mlp, name).weight.detach() for name in MLP_WEIGHTS}
+    batch = mlp_gradients(model, [sequences])[0]
+    each = mlp_gradients(model, [sequence[None] for sequence in sequences])
+    fisher = {name: sum(g[name].pow(2) for g in each) / len(each) for name in MLP_WEIGHTS}
+    expected = {
+        "param_first": sum((weight[n] * batch[n]).abs().sum(a) for n, a in MLP_WEIGHTS.items()),
+        "param_mix": sum((weight[n] * batch[n] - 0.5 * weight[n] * fisher[n] * weight[n]).abs().sum(a)
+                         for n, a in MLP_WEIGHTS.items()),
+        "taylor_per_sequence": sum((weight[n] * g[n]).abs().sum(a) for g in each for n, a in MLP_WEIGHTS.items()),
+    }
+    scores = {}
+    for kind, channels in expected.items():
+        heads, scores[kind] = taylor_scores(model, sequences, kind, device="cpu")[1]
+        assert torch.allclose(scores[kind], channels, rtol=1e-4, atol=1e-9), kind
+        assert heads.shape == (2, 2) and (heads > 0).all()
+    # the second-order term is small on a random model: check it on its own
+    second_order = expected["param_mix"] - expected["param_first"]
+    assert torch.allclose(scores["param_mix"] - scores["param_first"], second_order, rtol=0.01,
+                          atol=0.01 * float(second_order.abs().max()))
+    assert second_order.abs().max() > 0
+    assert not any(p.requires_grad or p.grad is not None for p in model.parameters())

@@ -5,7 +5,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from finescope_core import prune
 from finescope_core.config import PruneConfig
+from finescope_core.importance import attention_shape
+from finescope_core.layerwise import capture_inputs, input_statistics
+from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.prune import plan_widths, prune_model
 
@@ -16,16 +20,18 @@ def save_random(tmp_path: Path, model_type: str, tokenizer_from: Path) -> Path:
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
+    # Gemma 3 alternates sliding-window and full attention layers; a window shorter than the test's text uses both
+    extra = {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
     config = AutoConfig.for_model(model_type, vocab_size=49152, hidden_size=64, intermediate_size=256,
                                   num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=8,
-                                  max_position_embeddings=128)
+                                  max_position_embeddings=128, **(extra if model_type == "gemma3_text" else {}))
     folder = tmp_path / model_type
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
     return folder
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
 def test_prune_save_reload_identical_logits(model_type: str, tiny_model: Path, tmp_path: Path):
     folder = save_random(tmp_path, model_type, tiny_model)
     out = tmp_path / "pruned"
@@ -59,19 +65,39 @@ def test_pruned_model_is_the_in_memory_pruned_model(tiny_model: Path, tmp_path: 
                        dense.model.layers[0].self_attn.q_proj.weight[kept_rows])
 
 
-def test_reconstruction_keeps_outputs_closer_to_the_dense_model(tiny_model: Path, tmp_path: Path):
-    """Refitting o_proj/down_proj on calibration text brings the pruned logits nearer the dense ones there."""
+def test_either_refit_keeps_outputs_closer_to_the_dense_model(tiny_model: Path, tmp_path: Path):
+    """Refitting o_proj/down_proj on calibration text, to either target, brings the pruned logits nearer the dense
+    ones there."""
     dense = load_model(tiny_model)
     ids = torch.tensor([load_tokenizer(tiny_model)(CALIBRATION[0])["input_ids"][:64]])
     with torch.no_grad():
         target = dense(input_ids=ids).logits
     errors = {}
-    for reconstruct in (True, False):
-        cfg = PruneConfig(ratio=0.01, importance="magnitude", reconstruct=reconstruct, calibration_tokens=32)
-        prune_model(tiny_model, CALIBRATION, tmp_path / str(reconstruct), cfg)
+    for name, settings in {"none": {"reconstruct": False}, "own": {"refit_target": "own"},
+                           "dense": {"refit_target": "dense"}}.items():
+        cfg = PruneConfig(ratio=0.015, importance="magnitude", calibration_tokens=32, **settings)
+        prune_model(tiny_model, CALIBRATION, tmp_path / name, cfg)
         with torch.no_grad():
-            errors[reconstruct] = (load_model(tmp_path / str(reconstruct))(input_ids=ids).logits - target).norm()
-    assert errors[True] < 0.8 * errors[False]
+            errors[name] = (load_model(tmp_path / name)(input_ids=ids).logits - target).norm()
+    assert max(errors["dense"], errors["own"]) < 0.8 * errors["none"], errors
+
+
+def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_model: Path, monkeypatch):
+    """Within a layer the attention is pruned and refit first; the MLP's statistics (its channel choice and refit)
+    are then taken through that attention, not through the whole one."""
+    model = load_model(tiny_model)
+    shape, layer = attention_shape(model), decoder_layers(model)[0]
+    inputs = capture_inputs(model, [torch.randint(0, 49152, (2, 16))])
+    whole_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram
+    used = {}
+    monkeypatch.setattr(prune, "input_statistics", lambda *args: used.setdefault(args[3], input_statistics(*args)))
+    cfg = PruneConfig(importance="activation", refit_target="own")
+    heads, channels = prune.prune_layer(layer, 0, prune.Plan(1, 8), shape, cfg, inputs, None, None)
+    kept = [c for c in range(len(whole_attention)) if c not in channels]
+    pruned_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram  # the kept channels' inputs
+    assert len(heads) == shape.n_kv and len(channels) == 8
+    assert torch.allclose(used["mlp.down_proj"].gram[kept][:, kept], pruned_attention, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(whole_attention[kept][:, kept], pruned_attention, rtol=1e-2)
 
 
 def test_heads_are_removed_evenly_per_kv_group(tiny_model: Path, tmp_path: Path):
@@ -89,6 +115,21 @@ def test_bad_input(tiny_model: Path, tmp_path: Path):
     model = load_model(tiny_model)
     with pytest.raises(ValueError, match="removes nothing"):
         plan_widths(model, 1e-6, prune_heads=False)
+
+
+def test_the_ratio_counts_all_parameters_or_the_decoder_layers_only(tiny_model: Path):
+    model = load_model(tiny_model)
+    config, total = model.config, count_parameters(model)
+    decoder = sum(p.numel() for p in model.model.layers.parameters())
+
+    def removed(plan) -> int:
+        heads = config.num_key_value_heads * plan.heads_per_group * 2 * config.head_dim * config.hidden_size
+        return config.num_hidden_layers * (heads + plan.mlp_channels * 3 * config.hidden_size)
+
+    assert abs(removed(plan_widths(model, 0.01, True, 1)) / total - 0.01) < 0.001
+    assert abs(removed(plan_widths(model, 0.3, True, 1, "decoder")) / decoder - 0.3) < 0.01
+    with pytest.raises(ValueError, match="of its total parameters"):
+        plan_widths(model, 0.3, True, 1)  # the embedding is most of this model
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.4])
@@ -113,7 +154,8 @@ def test_unsupported_architecture_lists_the_supported(tmp_path: Path, tiny_model
 
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=49152)).save_pretrained(folder)
-    with pytest.raises(ValueError, match="LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM"):
+    with pytest.raises(ValueError, match="LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, "
+                                         "Gemma3ForCausalLM"):
         prune_model(folder, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.1))
 
 
@@ -154,7 +196,7 @@ def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, 
     from finescope_core.formats import Document
 
     held_out, calibration = seed_texts
-    taylor = PruneConfig(ratio=0.25, calibration_samples=32, importance="taylor", reconstruct=False)
+    taylor = PruneConfig(ratio=0.25, calibration_samples=32, importance="param_first", reconstruct=False)
     prune_model(smollm2, calibration, tmp_path / "taylor", taylor)
     tokenizer = load_tokenizer(smollm2)
     docs = [Document(str(i), text) for i, text in enumerate(held_out)]
