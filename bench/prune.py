@@ -5,8 +5,9 @@ For each domain the demo config curates calibration data (dump -> SAE -> select,
 pruned with the default settings calibrated on that curated data and on generic pool text, with the refit aimed at
 either target (the unpruned model's layer outputs, or the layer's own weights on the pruned model's inputs), then
 with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares
-refit), and each is scored by held-out perplexity (no recovery). The pruning step runs once more in a
-child process to read its peak RSS; dense and pruned forwards alternate in one process for the speed-up.
+refit), and each is scored by held-out perplexity (no recovery). The first variant calibrated on curated text is
+pruned once more in a child process to read its peak RSS, and its forward alternates with the dense model's in one
+process for the speed-up.
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}}}.
 """
 
@@ -161,7 +162,7 @@ def main() -> None:
                 folder = str(stages.model_folder(ref))
                 by_seed.append(held_out_ppl(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
                 counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
-                if label == "curated" and pruned_uri is None:
+                if source == "curated" and pruned_uri is None:  # the first variant calibrated on curated text
                     pruned_uri = stages.model_folder(ref)
                     calibration_of_first = (stages.calibration_texts(calibration[source], filename,
                                                                      cfg.calibration_samples, cfg.seed,

@@ -183,11 +183,12 @@ class PruneConfig(StageConfig):
         "target refit_target names), so the kept heads and channels take over what the removed ones did (no extra "
         "parameters; the folder stays stock).",
     )
-    refit_target: Literal["dense", "own"] = Field(
-        "dense",
-        description="What the refit reproduces: dense (the unpruned model's layer outputs on its own inputs, so each "
-        "refit also undoes the error passed up by the pruned layers below) or own (the layer's unpruned weights "
-        "applied to the inputs the pruned model gives it).",
+    refit_target: Literal["own", "dense"] = Field(
+        "own",
+        description="What the refit reproduces: own (the layer's unpruned weights applied to the inputs the pruned "
+        "model gives it) or dense (the unpruned model's layer outputs on its own inputs, which also undoes the error "
+        "passed up by the pruned layers below, but re-solves every weight of the projection on the calibration text "
+        "and may fit it too closely).",
     )
     calibration: Literal["curated", "generic"] = Field(
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
