@@ -32,7 +32,10 @@ from finescope_core import stages
 from finescope_core.config import PruneConfig, load_config
 from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
-from finescope_core.models import load_model, load_tokenizer
+from finescope_core.importance import attention_shape, taylor_scores
+from finescope_core.model_structure import decoder_layers
+from finescope_core.models import count_parameters, load_model, load_tokenizer
+from finescope_core.prune import Plan, calibration_sequences, choose_blocks, parts, prune_part
 
 VARIANTS = {  # label -> (calibration text, settings that differ from the config's)
     "curated": ("curated", {}),
@@ -55,11 +58,6 @@ def llm_pruner_recipe(model_uri: str, generic_texts: list[str], ratio: float):
     their widths, so no stock folder can hold the result. Inside the range, a third of each kv group's query heads
     goes (LLM-Pruner removes whole kv heads, which our pruner does not) and the MLP channels that bring the total
     removed to ``ratio`` of all parameters."""
-    from finescope_core.importance import attention_shape, taylor_scores
-    from finescope_core.model_structure import decoder_layers
-    from finescope_core.models import count_parameters
-    from finescope_core.prune import Plan, calibration_sequences, choose_blocks, parts, prune_part
-
     model = load_model(model_uri, in_memory=True)
     sequences = calibration_sequences(load_tokenizer(model_uri), generic_texts, RECIPE_SAMPLES, RECIPE_TOKENS)
     scores = taylor_scores(model, sequences, "param_first", "cpu")

@@ -86,10 +86,9 @@ def taylor_scores(model, sequences: torch.Tensor, kind: str, device: str):
     for weight in weights.values():
         weight.requires_grad_(True)
         weight.grad = None  # a gradient left from earlier would add to the calibration's
+    totals: dict[tuple[int, str], torch.Tensor] = {}
     try:
         if kind == "taylor_per_sequence":
-            totals: dict = {}
-
             def add_saliency(key, weight: torch.Tensor) -> None:
                 reduced = (weight * weight.grad).abs().sum(GROUP_AXIS[key[1]])
                 totals[key] = totals[key] + reduced if key in totals else reduced
@@ -98,7 +97,6 @@ def taylor_scores(model, sequences: torch.Tensor, kind: str, device: str):
         else:
             fisher = _fisher_diagonal(model, weights, sequences, device) if kind == "param_mix" else None
             _batch_gradient(model, sequences, device)
-            totals = {}
             for key, weight in weights.items():
                 with torch.no_grad():
                     saliency = weight * weight.grad

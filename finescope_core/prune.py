@@ -74,8 +74,8 @@ def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1,
     shape = attention_shape(model)
     hidden, n_layers = model.config.hidden_size, len(decoder_layers(model))
     block = sum(p.numel() for p in decoder_layers(model)[0].parameters())
-    total = count_parameters(model) if ratio_of == "total" else n_layers * block
-    target = ratio * total
+    counted = count_parameters(model) if ratio_of == "total" else n_layers * block
+    target = ratio * counted
     ideal_heads = shape.n_rep * target / (n_layers * block)
     heads = head_removal(ideal_heads, hidden, shape.n_kv, shape.n_rep) if prune_heads else 0
     head_params = 2 * shape.head_dim * hidden  # q rows + o columns (biases are negligible)
@@ -83,7 +83,7 @@ def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1,
     channel_params = 3 * hidden
     intermediate = model.config.intermediate_size
     if remaining > n_layers * (intermediate - 1) * channel_params:
-        most = n_layers * (shape.n_kv * heads * head_params + (intermediate - 1) * channel_params) / total
+        most = n_layers * (shape.n_kv * heads * head_params + (intermediate - 1) * channel_params) / counted
         raise ValueError(f"prune.ratio={ratio} would leave a layer without MLP channels (embeddings and norms are not "
                          f"pruned; this model allows at most {most:.3f} of its {ratio_of} parameters); lower it")
     kept = intermediate - max(0, round(remaining / (n_layers * channel_params)))
