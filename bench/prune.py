@@ -6,9 +6,11 @@ pruned with the default settings calibrated on that curated data and on generic 
 either target (the unpruned model's layer outputs, or the layer's own weights on the pruned model's inputs), then
 with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares
 refit), and each is scored by held-out perplexity (no recovery). The first variant calibrated on curated text is
-pruned once more in a child process to read its peak RSS, and its forward alternates with the dense model's in one
-process for the speed-up.
-Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}}}.
+pruned once more in a child process to read its peak RSS, and its forward alternates with the dense model's in
+another fresh process for the speed-up. Gemma-3-270M, the second real model, is curated for the same domains and
+pruned with the defaults, its ratio counting the decoder layers' parameters (its embedding is most of the model).
+Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}},
+"gemma3": {"params_before", "params_after", "ppl": {"dense" | "curated": {DOMAIN: ppl}}}}.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ import yaml
 from common import REPO, cached, curated_refs
 
 from finescope_core import stages
+from finescope_core.addressing import STAGE_VERSIONS
 from finescope_core.config import PruneConfig, load_config
 from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
@@ -48,6 +50,7 @@ VARIANTS = {  # label -> (calibration text, settings that differ from the config
     "param_first_no_refit": ("curated", {"importance": "param_first", "reconstruct": False}),  # and without
 }
 SPEED_SHAPE = (8, 256)
+GEMMA3 = "gemma3-270m"  # the second real model (registry name)
 # LLM-Pruner's published recipe as scaled to SmolLM2 (../shared/notes/anchor-llm-pruner.md): layers 3-27 of 30,
 # param_first importance from 10 generic sequences of 64 tokens, no refit.
 RECIPE, RECIPE_LAYERS, RECIPE_SAMPLES, RECIPE_TOKENS = "llm_pruner_recipe", range(3, 28), 10, 64
@@ -93,21 +96,46 @@ def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> f
     return int(done.stdout.strip().splitlines()[-1]) * 1024  # VmHWM is in KiB
 
 
-def alternating_speed(dense, pruned, rounds: int = 3, repeats: int = 3) -> tuple[float, float]:
-    """Forward tokens/s of both models on one random batch, timed alternately so machine drift hits both alike."""
-    input_ids = torch.randint(dense.config.vocab_size, SPEED_SHAPE, generator=torch.Generator().manual_seed(0))
-    times: dict[int, list[float]] = {0: [], 1: []}
-    with torch.inference_mode():
-        for model in (dense, pruned):
-            model(input_ids=input_ids, use_cache=False)  # warm-up
-        for _ in range(rounds):
-            for which, model in enumerate((dense, pruned)):
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model(input_ids=input_ids, use_cache=False)
-                    times[which].append(time.perf_counter() - start)
-    tokens = SPEED_SHAPE[0] * SPEED_SHAPE[1]
-    return tokens / statistics.median(times[0]), tokens / statistics.median(times[1])
+def speed_in_fresh_process(dense_uri: str, pruned_uri: str) -> tuple[float, float]:
+    """Forward tokens/s (all logits, like the peer's figures) of both models on one random batch, timed alternately
+    in a fresh process: this one's heap, grown by the evaluations, would slow whichever model it touches most."""
+    code = ("import json, sys; from finescope_core.speed import alternating_throughput;"
+            f"print(json.dumps(alternating_throughput({{'dense': sys.argv[1], 'pruned': sys.argv[2]}}, rounds=9,"
+            f"shape={SPEED_SHAPE}, all_logits=True)))")
+    done = subprocess.run([sys.executable, "-c", code, dense_uri, str(pruned_uri)], check=True, capture_output=True,
+                          text=True)
+    tok_s = json.loads(done.stdout.strip().splitlines()[-1])
+    return tok_s["dense"], tok_s["pruned"]
+
+
+def held_out_ppl(model, key: str, tokenizer, docs, cache: Path, eval_tokens: int) -> float:
+    """Perplexity on a domain's held-out docs of a model (its folder, or a function that makes it), kept per model
+    so a rerun resumes."""
+    def compute() -> float:
+        loaded = model() if callable(model) else load_model(model)
+        scores = document_scores(loaded, tokenizer, docs, eval_tokens, 8)
+        return math.exp(sum(scores["nll"]) / sum(scores["tokens"]))
+
+    return cached(cache / f"{key}-{len(docs)}x{eval_tokens}.json", compute)
+
+
+def gemma3_figures(args: argparse.Namespace, base_prune: PruneConfig, score) -> dict:
+    """Gemma-3-270M curated for each domain and pruned with the default settings, ``ratio`` of its decoder layers'
+    parameters removed: parameter counts and held-out perplexity, dense and pruned."""
+    config = load_config(args.config, {"output": args.output, "model.name": GEMMA3})
+    cfg = base_prune.model_copy(update={"ratio_of": "decoder"})
+    figures: dict = {"ppl": {"dense": {}, "curated": {}}}
+    for domain in args.domains:
+        model_ref, corpus, calibration = curated_refs(config, domain)
+        docs = read_docs(corpus["eval"], domain, args.eval_docs)
+        tokenizer = load_tokenizer(model_ref["uri"])
+        figures["ppl"]["dense"][domain] = score(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}",
+                                                tokenizer, docs)
+        ref = stages.pruned(config.output, model_ref, calibration["curated"], CURATED_FILE, cfg, "cpu")
+        figures["ppl"]["curated"][domain] = score(str(stages.model_folder(ref)), f"{domain}-{ref['fingerprint']}",
+                                                  tokenizer, docs)
+        figures.update(params_before=ref["info"]["params_before"], params_after=ref["info"]["params_after"])
+    return figures
 
 
 def main() -> None:
@@ -121,6 +149,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, RECIPE], default=[*VARIANTS, RECIPE])
     parser.add_argument("--seeds", type=int, default=1,
                         help="calibration seeds of the curated variant (its perplexity is their mean; spread printed)")
+    parser.add_argument("--skip-gemma3", action="store_true", help="leave out the second model (Gemma-3-270M)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a prune setting for every variant, e.g. --set calibration_samples=64")
     args = parser.parse_args()
@@ -130,26 +159,15 @@ def main() -> None:
     base_prune = PruneConfig(ratio=args.ratio, **overrides)  # the library's defaults, not the demo's
     variants = {label: VARIANTS[label] for label in args.variants if label != RECIPE}
     ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in args.variants}}
-    cache = Path(args.output) / "perplexity"
     spread: dict[str, float] = {}  # half the range of the curated variant's perplexity over calibration seeds
 
-    def held_out_ppl(model, key: str, tokenizer, docs) -> float:
-        """Perplexity on the domain's held-out docs of a model (its folder, or a function that makes it), kept per
-        model so a rerun resumes."""
-        def compute() -> float:
-            loaded = model() if callable(model) else load_model(model)
-            scores = document_scores(loaded, tokenizer, docs, args.eval_tokens, 8)
-            return math.exp(sum(scores["nll"]) / sum(scores["tokens"]))
-
-        return cached(cache / f"{key}-{args.eval_docs}x{args.eval_tokens}.json", compute)
-
+    score = functools.partial(held_out_ppl, cache=Path(args.output) / "perplexity", eval_tokens=args.eval_tokens)
     pruned_uri, calibration_of_first, counts = None, None, {}
     for domain in args.domains:
         model_ref, corpus, calibration = curated_refs(config, domain)
         docs = read_docs(corpus["eval"], domain, args.eval_docs)
         tokenizer = load_tokenizer(model_ref["uri"])
-        ppl["dense"][domain] = held_out_ppl(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}", tokenizer,
-                                             docs)
+        ppl["dense"][domain] = score(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}", tokenizer, docs)
         for label, (source, settings) in variants.items():
             seeds = range(args.seeds) if label == "curated" else [base_prune.seed]
             by_seed = []
@@ -158,7 +176,7 @@ def main() -> None:
                 filename = CURATED_FILE if source == "curated" else DOCS_FILE
                 ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
                 folder = str(stages.model_folder(ref))
-                by_seed.append(held_out_ppl(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
+                by_seed.append(score(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
                 counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
                 if source == "curated" and pruned_uri is None:  # the first variant calibrated on curated text
                     pruned_uri = stages.model_folder(ref)
@@ -172,11 +190,13 @@ def main() -> None:
             generic = stages.calibration_texts(calibration["generic"], DOCS_FILE, RECIPE_SAMPLES, base_prune.seed,
                                                sample=True)
             recipe = functools.partial(llm_pruner_recipe, model_ref["uri"], generic, args.ratio)
-            key = f"{domain}-{RECIPE}-{calibration['generic']['fingerprint']}-{args.ratio}"
-            ppl[RECIPE][domain] = held_out_ppl(recipe, key, tokenizer, docs)
+            # the recipe shares the pruned stage's code, so that stage's version marks a change of it
+            key = f"{domain}-{RECIPE}-{calibration['generic']['fingerprint']}-{args.ratio}-v{STAGE_VERSIONS['pruned']}"
+            ppl[RECIPE][domain] = score(recipe, key, tokenizer, docs)
     model_bytes = 4 * counts["params_before"]
     peak = peak_rss_of_pruning(model_ref["uri"], *calibration_of_first)
-    dense_tok_s, pruned_tok_s = alternating_speed(load_model(model_ref["uri"]), load_model(pruned_uri))
+    dense_tok_s, pruned_tok_s = speed_in_fresh_process(model_ref["uri"], pruned_uri)
+    gemma3 = None if args.skip_gemma3 else gemma3_figures(args, base_prune, score)
 
     print(f"SmolLM2 {counts['params_before'] / 1e6:.1f}M -> {counts['params_after'] / 1e6:.1f}M parameters "
           f"({1 - counts['params_after'] / counts['params_before']:.2%} removed); prune settings: "
@@ -188,9 +208,18 @@ def main() -> None:
     print(f"peak RSS of pruning: {peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}x the fp32 model "
           f"({model_bytes / 2**30:.2f} GiB)")
     print(f"forward {SPEED_SHAPE}: dense {dense_tok_s:.0f} tok/s, pruned {pruned_tok_s:.0f} tok/s")
-    print(json.dumps({**counts, "peak_rss_ratio": round(peak / model_bytes, 3),
-                      "speedup": round(pruned_tok_s / dense_tok_s, 3),
-                      "ppl": {label: {d: round(v, 2) for d, v in row.items()} for label, row in ppl.items()}}))
+    summary = {**counts, "peak_rss_ratio": round(peak / model_bytes, 3),
+               "speedup": round(pruned_tok_s / dense_tok_s, 3), "ppl": rounded(ppl)}
+    if gemma3:
+        print(f"Gemma-3-270M {gemma3['params_before'] / 1e6:.1f}M -> {gemma3['params_after'] / 1e6:.1f}M parameters, "
+              f"{args.ratio:.0%} of its decoder layers' removed; perplexity dense / pruned: " + ", ".join(
+                  f"{d} {gemma3['ppl']['dense'][d]:.2f} / {gemma3['ppl']['curated'][d]:.2f}" for d in args.domains))
+        summary["gemma3"] = {**gemma3, "ppl": rounded(gemma3["ppl"])}
+    print(json.dumps(summary))
+
+
+def rounded(ppl: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {label: {domain: round(value, 2) for domain, value in row.items()} for label, row in ppl.items()}
 
 
 if __name__ == "__main__":

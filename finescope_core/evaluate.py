@@ -40,7 +40,7 @@ from finescope_core.formats import (
     ClozeItem,
     Document,
 )
-from finescope_core.models import count_parameters, load_model, load_tokenizer
+from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
 from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
@@ -210,14 +210,6 @@ def _load_model(folder: Path, device: str, dtype: str) -> PreTrainedModel:
     except FileNotFoundError as exc:
         fix = "re-run the stage that writes this model, or save it with save_pretrained"
         raise FileNotFoundError(f"{exc}; {fix}") from exc
-
-
-def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token every sequence starts with: BOS, or EOS when the tokenizer has no BOS (lm-eval's convention)."""
-    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if token is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start sequences with")
-    return token
 
 
 # ------------------------------------------------------------------------------------------------------ scoring

