@@ -100,6 +100,15 @@ def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
+def stored(acts: np.ndarray, dtype: str) -> np.ndarray:
+    """A shard's token activations in the stored precision: float16 when asked and every value fits its range;
+    otherwise float32, as casting would turn the larger values into inf (Gemma 3's massive activations pass
+    float16's 65,504). Readers take either (``vectors``)."""
+    if dtype == "float16" and np.abs(acts).max(initial=0) <= np.finfo(np.float16).max:
+        return acts.astype(np.float16)
+    return acts.astype(np.float32, copy=False)
+
+
 def shard_uris(out_uri: str, index: int) -> dict[str, str]:
     return {kind: storage.join(out_uri, kind, f"shard-{index:05d}.parquet") for kind in KINDS}
 
@@ -107,7 +116,6 @@ def shard_uris(out_uri: str, index: int) -> dict[str, str]:
 def dump_shard(model, shard: Shard, layers: list[int], cfg: DumpConfig, sample_rate: float, pad_id: int,
                device: str, out_uri: str) -> int:
     """Dump one shard's three files; returns its token count."""
-    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
     tokens = {name: [] for name in ("doc_id", "position", "layer", "act")}
     pooled = {name: [] for name in ("doc_id", "layer", "act", "n_tokens")}
     rng = np.random.default_rng([cfg.seed, shard.index])
@@ -124,7 +132,7 @@ def dump_shard(model, shard: Shard, layers: list[int], cfg: DumpConfig, sample_r
                 tokens["doc_id"].extend([doc_id] * n)
                 tokens["position"].extend(range(first, first + n))
                 tokens["layer"].extend([layer] * n)
-                tokens["act"].append(doc_acts.astype(np_dtype))
+                tokens["act"].append(doc_acts)
                 pooled["doc_id"].append(doc_id)
                 pooled["layer"].append(layer)
                 pooled["act"].append(doc_acts.mean(0, keepdims=True).astype(np.float32))
@@ -134,6 +142,7 @@ def dump_shard(model, shard: Shard, layers: list[int], cfg: DumpConfig, sample_r
                 sample["position"].extend((keep + first).tolist())
                 sample["layer"].extend([layer] * len(keep))
                 sample["act"].append(doc_acts[keep].astype(np.float32))
+    tokens["act"] = [stored(np.concatenate(tokens["act"]), cfg.dtype)]
     uris = shard_uris(out_uri, shard.index)
     for kind, columns in (("tokens", tokens), ("pooled", pooled), ("sample", sample)):
         metadata = {k: v for k, v in columns.items() if k != "act"}

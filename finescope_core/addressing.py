@@ -19,7 +19,7 @@ from finescope_core import storage
 # fingerprints hold only the settings that differ from their defaults, so that a new setting does not invalidate
 # every finished stage).
 STAGE_VERSIONS = {
-    "corpus": 1, "pool": 1, "seeds": 1, "acts": 1, "sae": 3, "embeddings": 1, "curated": 3,
+    "corpus": 1, "pool": 1, "seeds": 1, "acts": 2, "sae": 3, "embeddings": 1, "curated": 3,
     "pruned": 5, "distilled": 2, "recovered": 3, "eval": 2, "speed": 1, "report": 2, "merged": 1,
     "sweep": 1,
 }

@@ -87,7 +87,10 @@ class DumpConfig(StageConfig):
     max_tokens: int = Field(128, ge=4, description="Tokens per document kept (longer documents are truncated).")
     batch_size: int = Field(16, ge=1, description="Documents per forward batch (batches are length-bucketed).")
     shard_docs: int = Field(256, ge=1, description="Documents per activation Parquet shard.")
-    dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation precision.")
+    dtype: Literal["float16", "float32"] = Field(
+        "float16", description="Stored activation precision; a shard with values beyond float16's range is stored in "
+        "float32."
+    )
     sae_sample_tokens: int = Field(200_000, ge=1, description="Token activations kept as the SAE training sample.")
     sensitivity_docs: int = Field(
         0, ge=0, description="Documents on which each coordinate's gradient sensitivity is scored (0: not scored; "

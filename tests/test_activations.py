@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
@@ -38,6 +39,25 @@ def test_dump_matches_a_plain_forward_pass(tiny_model: Path, tmp_path: Path):
     assert len(pooled) == len(TEXTS) * 2
     sample = storage.read_parquet_dir(storage.join(out, "sample"))
     assert 0 < len(sample) < len(tokens)
+
+
+def test_float16_storage_keeps_values_beyond_its_range(tiny_model: Path, tmp_path: Path):
+    """A shard whose activations pass float16's range (as Gemma 3's massive ones do) is stored in float32, exactly;
+    one within it is stored in float16."""
+    loud = tmp_path / "loud"
+    model = load_model(tiny_model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1e6 / model.get_input_embeddings().weight.abs().max())
+    model.save_pretrained(loud)
+    load_tokenizer(tiny_model).save_pretrained(loud)
+    for folder, value_type in ((loud, pa.float32()), (tiny_model, pa.float16())):
+        out = str(tmp_path / f"acts-{folder.name}")
+        dump_activations(folder, IDS[:2], TEXTS[:2], out, DumpConfig(layers=[0], shard_docs=2, sae_sample_tokens=10))
+        tokens = storage.read_parquet_dir(storage.join(out, "tokens"))
+        assert tokens["act"].type.value_type == value_type
+        assert np.isfinite(vectors(tokens)).all()
+    assert np.abs(vectors(tokens)).max() < 100 < 65504 < np.abs(vectors(storage.read_parquet_dir(
+        storage.join(str(tmp_path / "acts-loud"), "tokens")))).max()
 
 
 def test_rerun_skips_complete_shards(tiny_model: Path, tmp_path: Path):
