@@ -176,6 +176,9 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
     gradient importance; ``dense_layer``, the layer before pruning, makes the refit target its outputs."""
     removed = []
     for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
+        if part.per_group == 0 and dense_layer is None:  # nothing to remove, and nothing to correct
+            removed.append([])
+            continue
         stats = input_statistics(layer, inputs, index, part.projection, dense_layer) if inputs else None
         if stats is not None and stats.cross is not None:
             projection = layer.get_submodule(part.projection)
