@@ -97,8 +97,8 @@ def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> f
 
 
 def speed_in_fresh_process(dense_uri: str, pruned_uri: str) -> tuple[float, float]:
-    """Forward tokens/s (all logits, like the peer's figures) of both models on one random batch, timed alternately
-    in a fresh process: this one's heap, grown by the evaluations, would slow whichever model it touches most."""
+    """Forward tokens/s (all logits) of both models on one random batch, timed alternately in a fresh process, as
+    the peer's figures were, so that nothing this process did before weighs on either model."""
     code = ("import json, sys; from finescope_core.speed import alternating_throughput;"
             f"print(json.dumps(alternating_throughput({{'dense': sys.argv[1], 'pruned': sys.argv[2]}}, rounds=9,"
             f"shape={SPEED_SHAPE}, all_logits=True)))")
