@@ -20,7 +20,7 @@ from finescope_core import storage
 # every finished stage).
 STAGE_VERSIONS = {
     "corpus": 1, "pool": 1, "seeds": 1, "acts": 2, "sae": 3, "embeddings": 1, "curated": 3,
-    "pruned": 5, "distilled": 2, "recovered": 3, "eval": 2, "speed": 1, "report": 2, "merged": 1,
+    "pruned": 6, "distilled": 2, "recovered": 3, "eval": 2, "speed": 1, "report": 2, "merged": 1,
     "sweep": 1,
 }
 

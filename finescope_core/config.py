@@ -200,7 +200,10 @@ class PruneConfig(StageConfig):
         128, ge=1, description="Calibration sequences the pruner reads (the least-squares refit gains from more)."
     )
     calibration_tokens: int = Field(128, ge=8, description="Tokens per calibration sequence.")
-    prune_heads: bool = Field(True, description="Also prune query heads (evenly within each kv group).")
+    prune_heads: bool = Field(
+        False, description="Also prune query heads (evenly within each kv group). Off, the whole ratio comes from the "
+        "MLP's channels, whose least-squares refit absorbs a removal better than a head's."
+    )
     width_multiple: int = Field(
         8, ge=1, description="Keep an MLP width that is a multiple of this (kernels run faster on such widths); 1 "
         "follows the ratio exactly."

@@ -16,9 +16,11 @@ from finescope_core.prune import plan_widths, prune_model
 CALIBRATION = ["The patient presented with chest pain and shortness of breath; an ECG was ordered. " * 6] * 4
 
 
-def test_prune_save_reload_identical_logits(family_model: Path, tmp_path: Path):
+@pytest.mark.parametrize("prune_heads", [True, False])
+def test_prune_save_reload_identical_logits(family_model: Path, tmp_path: Path, prune_heads: bool):
     out = tmp_path / "pruned"
-    report = prune_model(family_model, CALIBRATION, out, PruneConfig(ratio=0.01, calibration_samples=2))
+    report = prune_model(family_model, CALIBRATION, out, PruneConfig(ratio=0.01, calibration_samples=2,
+                                                                     prune_heads=prune_heads))
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # stock transformers, no custom code
     config = reloaded.config
     assert config.num_key_value_heads == 2 and config.num_attention_heads == 2 * (4 - report[
@@ -36,7 +38,8 @@ def test_prune_save_reload_identical_logits(family_model: Path, tmp_path: Path):
 def test_pruned_model_is_the_in_memory_pruned_model(tiny_model: Path, tmp_path: Path):
     """The saved folder reproduces the pruned weights exactly: the removed groups are really gone."""
     out = tmp_path / "pruned"
-    report = prune_model(tiny_model, CALIBRATION, out, PruneConfig(ratio=0.01, importance="magnitude"))
+    report = prune_model(tiny_model, CALIBRATION, out, PruneConfig(ratio=0.01, importance="magnitude",
+                                                                     prune_heads=True))
     dense, pruned = load_model(tiny_model), load_model(out)
     layer = report["layers"][0]
     kept = [c for c in range(dense.config.intermediate_size) if c not in layer["mlp_channels"]]
@@ -58,7 +61,7 @@ def test_either_refit_keeps_outputs_closer_to_the_dense_model(tiny_model: Path, 
     errors = {}
     for name, settings in {"none": {"reconstruct": False}, "own": {"refit_target": "own"},
                            "dense": {"refit_target": "dense"}}.items():
-        cfg = PruneConfig(ratio=0.015, importance="magnitude", calibration_tokens=32, **settings)
+        cfg = PruneConfig(ratio=0.015, importance="magnitude", calibration_tokens=32, prune_heads=True, **settings)
         prune_model(tiny_model, CALIBRATION, tmp_path / name, cfg)
         with torch.no_grad():
             errors[name] = (load_model(tmp_path / name)(input_ids=ids).logits - target).norm()
@@ -74,7 +77,7 @@ def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_mode
     whole_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram
     used = {}
     monkeypatch.setattr(prune, "input_statistics", lambda *args: used.setdefault(args[3], input_statistics(*args)))
-    cfg = PruneConfig(importance="activation", refit_target="own")
+    cfg = PruneConfig(importance="activation", refit_target="own", prune_heads=True)
     heads, channels = prune.prune_layer(layer, 0, prune.Plan(1, 8), shape, cfg, inputs, None, None)
     kept = [c for c in range(len(whole_attention)) if c not in channels]
     pruned_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram  # the kept channels' inputs
@@ -99,7 +102,8 @@ def test_calibration_windows_open_like_evaluated_sequences(tiny_model: Path):
 
 
 def test_heads_are_removed_evenly_per_kv_group(tiny_model: Path, tmp_path: Path):
-    report = prune_model(tiny_model, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.01, importance="random"))
+    report = prune_model(tiny_model, CALIBRATION, tmp_path / "p", PruneConfig(ratio=0.01, importance="random",
+                                                                                   prune_heads=True))
     for layer in report["layers"]:
         groups = [head // 2 for head in layer["query_heads"]]  # 4 query heads, 2 kv heads: 2 per group
         assert sorted(groups) == sorted(set(groups)) == [0, 1]
