@@ -1,12 +1,13 @@
 """Structured pruning in the manner of LLM-Pruner, calibrated on the curated domain data.
 
-Per decoder layer, whole query heads (the same number inside every kv group, so GQA stays valid) and MLP channels
-are removed, ranked by an importance score (``finescope_core.importance``). Every layer keeps the same widths, so
-the result is a stock transformers folder. Beyond LLM-Pruner, the layers are pruned in order on calibration text and
-the output projections (``o_proj``, ``down_proj``) are refit by least squares (``finescope_core.layerwise``): by
-default to the layer's unpruned weights applied to the pruned model's inputs, or (``refit_target: dense``) to the
-unpruned model's layer outputs. Within a layer, the attention is pruned and refit first, and the MLP's statistics
-are taken on what that attention now feeds it.
+Per decoder layer, MLP channels and, with ``prune_heads``, whole query heads (the same number inside every kv group,
+so GQA stays valid) are removed, ranked by an importance score (``finescope_core.importance``). Heads are kept by
+default: taking the whole ratio from the MLP, whose refit absorbs a removal better, leaves the model closer to
+dense. Every layer keeps the same widths, so the result is a stock transformers folder. Beyond LLM-Pruner, the
+layers are pruned in order on calibration text and the output projections (``o_proj``, ``down_proj``) are refit by
+least squares (``finescope_core.layerwise``): by default to the layer's unpruned weights applied to the pruned
+model's inputs, or (``refit_target: dense``) to the unpruned model's layer outputs. Within a layer, the attention
+is pruned and refit first, and the MLP's statistics are taken on what that attention now feeds it.
 """
 
 from __future__ import annotations
