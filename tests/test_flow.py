@@ -72,13 +72,13 @@ def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope):
 
 def test_sweep_prunes_and_recovers_at_each_ratio_and_picks_the_smallest_that_keeps_enough(tmp_path, finescope):
     out = tmp_path / "run"
-    done = finescope("sweep", "configs/tiny.yaml", "--ratios", "0.016", "0.008", "--keep", "0.5",
+    done = finescope("sweep", "configs/tiny.yaml", "--ratios", "0.014", "0.008", "--keep", "0.5",
                      "--set", f"output={out}")
     sweep_md = Path(next(line for line in done.stdout.splitlines() if line.startswith("Sweep: ")).split(": ", 1)[1])
     summary = json.loads(sweep_md.with_suffix(".json").read_text())
     rows = {row["model"]: row for row in summary["rows"]}
-    assert list(rows) == ["base", "pruned 1.6%, recovered", "pruned 0.8%, recovered"]  # base, then by size
-    assert rows["pruned 1.6%, recovered"]["params"] < rows["pruned 0.8%, recovered"]["params"] < rows["base"]["params"]
+    assert list(rows) == ["base", "pruned 1.4%, recovered", "pruned 0.8%, recovered"]  # base, then by size
+    assert rows["pruned 1.4%, recovered"]["params"] < rows["pruned 0.8%, recovered"]["params"] < rows["base"]["params"]
     assert rows["base"]["share"] == 1.0
     kept = [row for row in summary["rows"] if row["share"] >= 0.5]
     assert summary["chosen"] == min(kept, key=lambda row: row["params"])["model"]

@@ -188,7 +188,8 @@ def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, 
     from finescope_core.formats import Document
 
     held_out, calibration = seed_texts
-    taylor = PruneConfig(ratio=0.25, calibration_samples=32, importance="param_first", reconstruct=False)
+    taylor = PruneConfig(ratio=0.25, calibration_samples=32, importance="param_first", reconstruct=False,
+                         prune_heads=True)  # LLM-Pruner removes heads too
     prune_model(smollm2, calibration, tmp_path / "taylor", taylor)
     tokenizer = load_tokenizer(smollm2)
     docs = [Document(str(i), text) for i, text in enumerate(held_out)]
