@@ -21,6 +21,7 @@ def test_prune_save_reload_identical_logits(family_model: Path, tmp_path: Path, 
     out = tmp_path / "pruned"
     report = prune_model(family_model, CALIBRATION, out, PruneConfig(ratio=0.01, calibration_samples=2,
                                                                      prune_heads=prune_heads))
+    assert prune_heads or report["query_heads_removed_per_kv_group"] == 0
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # stock transformers, no custom code
     config = reloaded.config
     assert config.num_key_value_heads == 2 and config.num_attention_heads == 2 * (4 - report[
