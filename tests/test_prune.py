@@ -78,7 +78,7 @@ def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_mode
     whole_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram
     used = {}
     monkeypatch.setattr(prune, "input_statistics", lambda *args: used.setdefault(args[3], input_statistics(*args)))
-    cfg = PruneConfig(importance="activation", refit_target="own", prune_heads=True)
+    cfg = PruneConfig(importance="activation", refit_target="own")
     heads, channels = prune.prune_layer(layer, 0, prune.Plan(1, 8), shape, cfg, inputs, None, None)
     kept = [c for c in range(len(whole_attention)) if c not in channels]
     pruned_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram  # the kept channels' inputs
