@@ -1,7 +1,7 @@
 """Curation quality on a mixed pool of seven domains: SAE selection and its variants against the MiniLM,
 raw-activation and random baselines, with the SAE's settings chosen leave-one-domain-out.
 
-Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layer L] [--max-tokens 64]
+Usage: .venv/bin/python bench/curation.py [--max-pool-docs 5000] [--layers L ...] [--max-tokens 64]
 
 The pool mixes the five demo domains with two held-out ones, law and business, built from MMLU subjects that no
 demo domain reads (their documents are exam questions). For every domain, each of two seed files selects M documents
@@ -108,10 +108,10 @@ def aligned(order: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarray:
     return matrix[[row[d] for d in order]]
 
 
-def sae_scores(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray,
+def sae_scores(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray, blocks: int,
                minilm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pool's scores under ``setting`` and the vectors its near-duplicate test compares."""
-    docs, seeds = selection_vectors(pool_codes, seed_codes, setting.pooling, setting.power)
+    docs, seeds = selection_vectors(pool_codes, seed_codes, setting.pooling, setting.power, blocks)
     similarity = "jaccard" if setting.scoring == "jaccard" else "cosine"
     scores = seed_scores(docs, seeds, similarity, FEEDBACK_DOCS if setting.scoring == "feedback" else 0)
     return (combined_scores(scores, minilm) if setting.scoring == "hybrid" else scores), docs
@@ -129,7 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(REPO / "runs" / "bench-curation"))
     parser.add_argument("--max-pool-docs", type=int, default=5000)
-    parser.add_argument("--layer", type=int, default=None, help="captured layer (default: the middle one)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="captured layers, an SAE on each (default: DumpConfig's)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--expansion", type=int, default=4)
     parser.add_argument("--k", type=int, default=32)
@@ -138,7 +139,7 @@ def main() -> None:
 
     root, model_cfg = args.output, ModelConfig()
     data = DataConfig(max_pool_docs=args.max_pool_docs, demo=CORPUS)
-    dump_cfg = DumpConfig(layers=[args.layer] if args.layer is not None else None, max_tokens=args.max_tokens,
+    dump_cfg = DumpConfig(layers=args.layers, max_tokens=args.max_tokens,
                           sae_sample_tokens=100_000, sensitivity_docs=0)
     sae_cfg = SAEConfig(expansion=args.expansion, k=args.k, lr=3e-3, batch_size=512,
                         training_tokens=args.training_tokens)
@@ -150,7 +151,7 @@ def main() -> None:
     domains_of = np.array(pool_table["domain"].to_pylist())
     acts = stages.acts(root, model, pool, dump_cfg, model_cfg)
     sae = stages.sae(root, acts, sae_cfg, model_cfg.device)
-    layer = acts["info"]["layers"][0]
+    layers, layer = acts["info"]["layers"], stages.middle_layer(acts["info"]["layers"])
 
     def codes(dump: dict, ids: list[str], pooling: str) -> np.ndarray:
         embeddings = stages.embeddings(root, dump, sae, token_pooling(pooling), "cpu")
@@ -189,7 +190,7 @@ def main() -> None:
                   "random": (np.random.default_rng(0).random(len(order)), pool_baseline["random"])}
         for setting in GRID:
             pooled = token_pooling(setting.pooling)
-            ranked[setting] = sae_scores(setting, pool_codes[pooled], seed_codes[pooled], minilm)
+            ranked[setting] = sae_scores(setting, pool_codes[pooled], seed_codes[pooled], len(layers), minilm)
             p500[setting][style][domain] = precision(selected(*ranked[setting], 500), domain)
         rankings[style, domain] = ranked
         print(f"scored {domain} ({style} seeds)", flush=True)
@@ -217,7 +218,7 @@ def main() -> None:
 
     grid = {str(s): {"demo": mean_p500(s, list(DEMO_DOMAINS)), "held_out": mean_p500(s, HELD_OUT)} for s in GRID}
     print(f"\npool: {len(order)} documents ({', '.join(f'{d} {int((domains_of == d).sum())}' for d in DOMAINS)}); "
-          f"layer {layer}, {args.max_tokens} tokens/doc, SAE {sae['info']}")
+          f"layers {layers} (raw activations: {layer}), {args.max_tokens} tokens/doc, SAE {sae['info']}")
     print("\ngrid, mean precision@500 over both seed styles (demo domains / held-out domains):")
     for name, row in sorted(grid.items(), key=lambda item: -item[1]["demo"]):
         print(f"  {name:<32}{row['demo']:>8.3f}{row['held_out']:>8.3f}")

@@ -41,9 +41,13 @@ class Shard:
     token_ids: list[list[int]]
 
 
+DEFAULT_DEPTHS = (0.25, 0.5, 0.75)
+
+
 def resolve_layers(requested: Sequence[int] | None, n_layers: int) -> list[int]:
-    """Captured layers: the middle layer by default; each index must exist in the model."""
-    layers = list(requested) if requested else [n_layers // 2]
+    """Captured layers: by default a quarter, half and three quarters of the depth (low layers code form, high ones
+    topic; selection joins them); each index must exist in the model."""
+    layers = list(requested) if requested else [min(round(n_layers * depth), n_layers - 1) for depth in DEFAULT_DEPTHS]
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise ValueError(f"dump.layers: layer {layer} is out of range; the model has layers 0..{n_layers - 1}")

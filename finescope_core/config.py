@@ -82,7 +82,8 @@ class DataConfig(StageConfig):
 
 class DumpConfig(StageConfig):
     layers: list[int] | None = Field(
-        None, description="Decoder layers whose residual-stream output is captured (None: the middle layer)."
+        None, description="Decoder layers whose residual-stream output is captured; an SAE is fitted on each and a "
+        "document's embedding joins their codes (None: a quarter, half and three quarters of the depth, rounded)."
     )
     max_tokens: int = Field(128, ge=4, description="Tokens per document kept (longer documents are truncated).")
     batch_size: int = Field(16, ge=1, description="Documents per forward batch (batches are length-bucketed).")

@@ -1,7 +1,9 @@
 """Document embeddings: pooled SAE codes (FineScope), and the baselines' dense vectors.
 
 A document's SAE embedding pools its tokens' sparse codes (mean, max, or mean weighted by each latent's inverse
-document frequency, which keeps very common latents from dominating cosine similarity) and is L2-normalised.
+document frequency, which keeps very common latents from dominating cosine similarity). With several captured
+layers it joins each layer's pooled codes side by side, one block per layer; at selection each block is
+L2-normalised, so that every layer counts alike in a cosine whatever the scale of its activations.
 Baselines: the mean residual activation (no SAE) and a MiniLM sentence embedding of the text.
 """
 
@@ -20,6 +22,7 @@ from finescope_core.activations import layer_rows, vectors
 from finescope_core.progress import progress
 
 ENCODE_CHUNK = 8192
+BLOCKS_KEY = "finescope.blocks"  # Parquet metadata: how many layers an embedding joins
 
 
 def l2_normalise(matrix: np.ndarray) -> np.ndarray:
@@ -69,14 +72,26 @@ def idf_weights(pooled: np.ndarray) -> np.ndarray:
     return np.log((1 + len(pooled)) / (1 + df)) + 1.0
 
 
-def selection_vectors(docs: np.ndarray, seeds: np.ndarray, pooling: str, power: float):
+def selection_vectors(docs: np.ndarray, seeds: np.ndarray, pooling: str, power: float, blocks: int = 1):
     """Pooled SAE codes as compared at selection: raised to ``power`` (power normalisation, which keeps a few
-    dominant latents from deciding every cosine) and, for idf pooling, weighted by the pool's idf."""
+    dominant latents from deciding every cosine), for idf pooling weighted by the pool's idf, and, when they join
+    ``blocks`` layers' codes, each block L2-normalised (a cosine is then the mean of the layers' cosines)."""
     docs, seeds = np.power(docs, power), np.power(seeds, power)
     if pooling == "idf":
         weights = idf_weights(docs)
         docs, seeds = docs * weights, seeds * weights
+    if blocks > 1:
+        docs, seeds = block_normalise(docs, blocks), block_normalise(seeds, blocks)
     return docs, seeds
+
+
+def block_normalise(matrix: np.ndarray, blocks: int) -> np.ndarray:
+    """Each row's ``blocks`` equal slices scaled to unit L2 norm, each by itself."""
+    rows, width = matrix.shape
+    if width % blocks:
+        raise ValueError(f"embeddings of width {width} do not split into {blocks} equal layer blocks")
+    split = matrix.reshape(rows, blocks, width // blocks)
+    return (split / np.maximum(np.linalg.norm(split, axis=2, keepdims=True), 1e-12)).reshape(rows, width)
 
 
 def token_pooling(selection_pooling: str) -> str:
@@ -90,13 +105,29 @@ def embed_with_sae(tokens_uri: str, layer: int, sae, pooling: str,
     """Unnormalised pooled SAE codes of every document of a dump (all shards), in shard order."""
     ids: list[str] = []
     parts = []
-    for shard in progress(storage.listdir(tokens_uri, ".parquet"), "SAE embedding (shards)"):
+    for shard in progress(storage.listdir(tokens_uri, ".parquet"), f"SAE embedding, layer {layer} (shards)"):
         shard_ids, pooled = sae_shard_embeddings(shard, layer, sae, token_pooling(pooling), coordinates)
         ids.extend(shard_ids)
         parts.append(pooled.astype(np.float32))
     if not parts:
         raise FileNotFoundError(f"no activation shards under {tokens_uri}")
+    if not ids:
+        raise ValueError(f"the dump at {tokens_uri} holds no tokens of layer {layer}: dump.layers must include "
+                         "every layer the SAE was fitted on")
     return ids, np.concatenate(parts)
+
+
+def embed_with_saes(tokens_uri: str, saes: dict[int, tuple], pooling: str) -> tuple[list[str], np.ndarray]:
+    """Every layer's pooled SAE codes of a dump's documents (``saes``: layer -> (SAE, coordinates)), joined side
+    by side in layer order: one block per layer."""
+    ids, blocks = None, []
+    for layer, (sae, coordinates) in sorted(saes.items()):
+        layer_ids, matrix = embed_with_sae(tokens_uri, layer, sae, pooling, coordinates)
+        if ids is not None and layer_ids != ids:
+            raise ValueError(f"the dump at {tokens_uri} holds other documents at layer {layer} than at the others")
+        ids = layer_ids
+        blocks.append(matrix)
+    return ids, np.concatenate(blocks, axis=1)
 
 
 def raw_activation_embeddings(pooled_uri: str, layer: int) -> tuple[list[str], np.ndarray]:
@@ -120,13 +151,20 @@ def minilm_embeddings(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     return model.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
 
 
-def write_embeddings(doc_ids: Sequence[str], matrix: np.ndarray, uri: str) -> None:
-    """Embeddings as Parquet: doc_id and a fixed-size float32 vector."""
+def write_embeddings(doc_ids: Sequence[str], matrix: np.ndarray, uri: str, blocks: int = 1) -> None:
+    """Embeddings as Parquet: doc_id and a fixed-size float32 vector, which joins ``blocks`` layers' codes (kept in
+    the file's metadata)."""
     values = pa.array(matrix.astype(np.float32).reshape(-1))
     table = pa.table({"doc_id": list(doc_ids), "emb": pa.FixedSizeListArray.from_arrays(values, matrix.shape[1])})
-    storage.write_parquet(table, uri)
+    storage.write_parquet(table.replace_schema_metadata({BLOCKS_KEY: str(blocks)}), uri)
 
 
 def read_embeddings(uri: str) -> tuple[list[str], np.ndarray]:
     table = storage.read_parquet(uri)
     return table["doc_id"].to_pylist(), vectors(table, "emb")
+
+
+def read_blocks(uri: str) -> int:
+    """How many layers' codes the embeddings at ``uri`` join."""
+    metadata = storage.read_parquet(uri, ["doc_id"]).schema.metadata or {}
+    return int(metadata.get(BLOCKS_KEY.encode(), b"1"))

@@ -4,9 +4,11 @@ sets, and the reference that stages return.
 A newcomer looking for "what does stage X write?" finds the names here and the stage in ``stages.py``:
 
 * ``pool/``, ``seeds/``, ``merged/``: ``docs.parquet`` (``DOC_COLUMNS``);
-* ``embeddings/``, ``merged/``: ``embeddings.parquet`` (``doc_id``, ``embedding``);
+* ``embeddings/``, ``merged/``: ``embeddings.parquet`` (``doc_id``, ``emb``: each captured layer's pooled SAE codes
+  side by side, their number in the file's metadata);
 * ``curated/``: ``curated.parquet`` (the documents kept, with their scores); ``distilled/``: ``distilled.parquet``;
-* ``acts/``: ``manifest.json`` and ``pooled/``, ``sample/``, ``tokens/`` shards; ``sae/``: sae-lens' own files;
+* ``acts/``: ``manifest.json`` and ``pooled/``, ``sample/``, ``tokens/`` shards; ``sae/``: ``layer-<L>/`` per captured
+  layer, each sae-lens' own files;
 * ``pruned/``, ``recovered/``: a transformers folder ``model/``; ``eval/``: ``metrics.json``;
 * eval sets: ``<domain>/mc.parquet`` (``MC_SCHEMA``) and ``<domain>/text.parquet`` (``TEXT_SCHEMA``).
 """

@@ -2,7 +2,8 @@
 
 The trainer is fed by a data provider that streams the dump's token sample from Parquet (one shard in memory at a
 time), so no HookedTransformer or activation store is involved and the same code reads local or s3:// shards.
-The result is a standard sae-lens folder (``SAE.load_from_disk`` loads it) plus ``metrics.json``.
+Each captured layer gets its own SAE, in a standard sae-lens folder (``SAE.load_from_disk`` loads it) with its
+``metrics.json``, under ``layer-<L>/`` of the stage's folder.
 
 One document in ``HELD_OUT_EVERY`` of the sample (chosen by a stable hash of its id) is never trained on: its tokens
 give the figures in ``metrics.json`` (FVU, L0, dead latents), so they say how the SAE does on tokens it has not seen,
@@ -186,6 +187,25 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
         if coordinates is not None:
             storage.write_json(str(scratch / COORDINATES), coordinates)
     return metrics
+
+
+def layer_folder(uri: str, layer: int) -> str:
+    """Where the SAE of ``layer`` lies under an SAE stage's folder."""
+    return storage.join(uri, f"layer-{layer}")
+
+
+def fit_saes(sample_uris: list[str], layers: list[int], out_uri: str, cfg: SAEConfig, device: str = "cpu",
+             sensitivity_uri: str | None = None) -> dict:
+    """One SAE per layer of ``layers`` (see :func:`fit_sae`), each under :func:`layer_folder` of ``out_uri``;
+    returns the layers and each one's metrics."""
+    metrics = {str(layer): fit_sae(sample_uris, layer, layer_folder(out_uri, layer), cfg, device, sensitivity_uri)
+               for layer in layers}
+    return {"layers": list(layers), "by_layer": metrics}
+
+
+def load_saes(sae_ref: dict, device: str = "cpu") -> dict[int, tuple[object, list[int] | None]]:
+    """Every layer's inference SAE (and the coordinates it reads) of an SAE stage's reference."""
+    return {layer: load_sae(layer_folder(sae_ref["uri"], layer), device) for layer in sae_ref["info"]["layers"]}
 
 
 def load_sae(uri: str, device: str = "cpu") -> tuple[object, list[int] | None]:

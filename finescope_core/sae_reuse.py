@@ -21,7 +21,7 @@ from finescope_core import storage
 from finescope_core.addressing import STAGE_VERSIONS
 from finescope_core.config import DumpConfig, SAEConfig
 from finescope_core.formats import Ref
-from finescope_core.sae import load_sae, quality, sample_tokens
+from finescope_core.sae import load_saes, quality, sample_tokens
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,17 @@ def state_uri(root: str, pool_uri: str, model: Ref, dump: DumpConfig, sae: SAECo
 
 
 def drift(sae_ref: Ref, acts: list[Ref], device: str = "cpu") -> float:
-    """Relative rise of the SAE's FVU on the token samples of ``acts`` (new shards: tokens it has not seen) over
-    its FVU on held-out tokens at fit time."""
-    model, coordinates = load_sae(sae_ref["uri"], device)
+    """Relative rise of the SAEs' FVU on the token samples of ``acts`` (new shards: tokens they have not seen) over
+    their FVU on held-out tokens at fit time: the largest over the layers."""
     shards = [shard for ref in acts for shard in storage.listdir(storage.join(ref["uri"], "sample"), ".parquet")]
-    tokens = sample_tokens(shards, sae_ref["info"]["layer"])
-    if coordinates is not None:
-        tokens = tokens[:, coordinates]
-    fvu = quality(model, torch.tensor(tokens, device=device))["fvu"]
-    return fvu / max(sae_ref["info"]["fvu"], 1e-12) - 1
+    rises = []
+    for layer, (model, coordinates) in load_saes(sae_ref, device).items():
+        tokens = sample_tokens(shards, layer)
+        if coordinates is not None:
+            tokens = tokens[:, coordinates]
+        fvu = quality(model, torch.tensor(tokens, device=device))["fvu"]
+        rises.append(fvu / max(sae_ref["info"]["by_layer"][str(layer)]["fvu"], 1e-12) - 1)
+    return max(rises)
 
 
 def decide(state: str, acts: list[Ref], cfg: SAEConfig, device: str = "cpu") -> SaeChoice:

@@ -120,7 +120,7 @@ def _documents(table: pa.Table, where: str) -> pa.Table:
 def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref]) -> Ref:
     """The documents and SAE embeddings of every shard in one folder (``docs.parquet``, ``embeddings.parquet``):
     what selection ranks. Cheap: only concatenation."""
-    from finescope_core.embed import read_embeddings, write_embeddings
+    from finescope_core.embed import read_blocks, read_embeddings, write_embeddings
 
     def work(out: str) -> dict:
         docs = pa.concat_tables([storage.read_parquet(storage.join(ref["uri"], DOCS_FILE)) for ref in shards])
@@ -130,7 +130,8 @@ def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref]) -> Ref:
             ids += shard_ids
             matrices.append(matrix)
         storage.write_parquet(docs, storage.join(out, DOCS_FILE))
-        write_embeddings(ids, np.concatenate(matrices), storage.join(out, EMBEDDINGS_FILE))
+        blocks = read_blocks(storage.join(embeddings_refs[0]["uri"], EMBEDDINGS_FILE))
+        write_embeddings(ids, np.concatenate(matrices), storage.join(out, EMBEDDINGS_FILE), blocks)
         return {"n_docs": len(docs), "shards": len(shards)}
 
     inputs = {"shards": storage.fingerprint(*[ref["fingerprint"] for ref in shards]),
@@ -191,17 +192,17 @@ def acts(root: str, model: Ref, docs: Ref, cfg: DumpConfig, model_cfg: ModelConf
 
 
 def sae(root: str, acts: Ref | list[Ref], cfg: SAEConfig, device: str) -> Ref:
-    """An SAE fitted on the token sample of one dump, or of several (the shards of an incrementally curated pool),
-    at the first captured layer."""
-    from finescope_core.sae import fit_sae
+    """An SAE per captured layer, fitted on the token sample of one dump, or of several (the shards of an
+    incrementally curated pool)."""
+    from finescope_core.sae import fit_saes
 
     dumps = acts if isinstance(acts, list) else [acts]
-    layer = dumps[0]["info"]["layers"][0]
+    layers = dumps[0]["info"]["layers"]
     sensitivity = storage.join(dumps[0]["uri"], "sensitivity.json")
     samples = [storage.join(ref["uri"], "sample") for ref in dumps]
     identity = acts if isinstance(acts, dict) else storage.fingerprint(*[ref["fingerprint"] for ref in dumps])
     return run_stage(root, "sae", {"acts": identity, **numerics(device)}, cfg,
-                     lambda out: fit_sae(samples, layer, out, cfg, device, sensitivity),
+                     lambda out: fit_saes(samples, layers, out, cfg, device, sensitivity),
                      ignore=frozenset({"refit_drift"}))  # a decision about refitting, not part of the SAE
 
 
@@ -216,19 +217,23 @@ def incremental_sae(root: str, state: str, acts: list[Ref], cfg: SAEConfig, devi
 
 
 def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) -> Ref:
-    """Pooled, unnormalised SAE codes of every dumped document."""
-    from finescope_core.embed import embed_with_sae, write_embeddings
-    from finescope_core.sae import load_sae
+    """Pooled, unnormalised SAE codes of every dumped document: one block per layer the SAE stage fitted."""
+    from finescope_core.embed import embed_with_saes, write_embeddings
+    from finescope_core.sae import load_saes
 
     def work(out: str) -> dict:
-        model, coordinates = load_sae(sae_ref["uri"], device)
-        tokens = storage.join(acts["uri"], "tokens")
-        ids, matrix = embed_with_sae(tokens, acts["info"]["layers"][0], model, pooling, coordinates)
-        write_embeddings(ids, matrix, storage.join(out, EMBEDDINGS_FILE))
-        return {"n_docs": len(ids), "dim": int(matrix.shape[1])}
+        saes = load_saes(sae_ref, device)
+        ids, matrix = embed_with_saes(storage.join(acts["uri"], "tokens"), saes, pooling)
+        write_embeddings(ids, matrix, storage.join(out, EMBEDDINGS_FILE), len(saes))
+        return {"n_docs": len(ids), "dim": int(matrix.shape[1]), "blocks": len(saes)}
 
     return run_stage(root, "embeddings", {"acts": acts, "sae": sae_ref, **numerics(device)}, {"pooling": pooling},
                      work)
+
+
+def middle_layer(layers: list[int]) -> int:
+    """The captured layer the raw-activation baseline reads: the middle one of the dump's."""
+    return layers[len(layers) // 2]
 
 
 def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarray:
@@ -240,15 +245,22 @@ def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarr
 def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table, refs: dict[str, Ref]):
     """Pool and seed vectors of the configured selection method (the SAE codes for hybrid), rows aligned with the
     tables."""
-    from finescope_core.embed import minilm_embeddings, raw_activation_embeddings, read_embeddings, selection_vectors
+    from finescope_core.embed import (
+        minilm_embeddings,
+        raw_activation_embeddings,
+        read_blocks,
+        read_embeddings,
+        selection_vectors,
+    )
 
     pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
     if cfg.method in ("sae", "hybrid"):
-        docs = _aligned(pool_ids, *read_embeddings(storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE)))
+        pool_file = storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE)
+        docs = _aligned(pool_ids, *read_embeddings(pool_file))
         seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], EMBEDDINGS_FILE)))
-        return selection_vectors(docs, seeds_, cfg.pooling, cfg.power)
+        return selection_vectors(docs, seeds_, cfg.pooling, cfg.power, read_blocks(pool_file))
     if cfg.method == "raw_act":
-        layer = refs["pool_acts"]["info"]["layers"][0]
+        layer = middle_layer(refs["pool_acts"]["info"]["layers"])
         docs = _aligned(pool_ids, *raw_activation_embeddings(storage.join(refs["pool_acts"]["uri"], "pooled"), layer))
         seeds_ = _aligned(seed_ids, *raw_activation_embeddings(storage.join(refs["seed_acts"]["uri"], "pooled"), layer))
         return docs, seeds_

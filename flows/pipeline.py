@@ -5,11 +5,13 @@ from __future__ import annotations
 from finescope.flows.curate import curate
 from finescope.flows.prune import calibration_of
 from finescope.tasks.stages import (
+    build_corpus,
     distill_targets,
     prune_base_model,
     publish_report,
     record_manifest,
     recover_model,
+    resolve_model,
     score_model,
     time_models,
 )
@@ -42,16 +44,17 @@ def finescope(config: RunConfig) -> dict:
     """Build a compact model for ``config.domain``; returns the report's files and the run manifest.
 
     Each model's evaluation is submitted as soon as the model exists, so it runs (in a thread of the flow's
-    process) while the next model is made: the base model is scored during pruning, the pruned one during recovery.
+    process) while the next model is made: the base model is scored during curation, the pruned one during
+    recovery.
     """
     root, device = config.output, config.model.device
-    refs = curate(config)
-    eval_sets = refs["corpus"]["eval_sets"]
+    eval_sets = build_corpus(root, config.data)["eval_sets"]
 
     def evaluation(model: dict):
         return score_model.submit(root, model, eval_sets, config.eval_domains, config.eval, config.model)
 
-    scored = {"base": evaluation(refs["model"])}
+    scored = {"base": evaluation(resolve_model(config.model))}
+    refs = curate(config)
     calibration, filename = calibration_of(config, refs)
     pruned = prune_base_model(root, refs["model"], calibration, filename, config.prune, device)
     scored["pruned"] = evaluation(pruned)

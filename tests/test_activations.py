@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from finescope_core import storage
-from finescope_core.activations import dump_activations, layer_rows, shard_uris, vectors
+from finescope_core.activations import dump_activations, layer_rows, resolve_layers, shard_uris, vectors
 from finescope_core.config import DumpConfig
 from finescope_core.models import load_model, load_tokenizer
 
@@ -85,3 +85,8 @@ def test_rerun_skips_complete_shards(tiny_model: Path, tmp_path: Path):
 def test_bad_input(tiny_model: Path, tmp_path: Path, ids, texts, cfg, message):
     with pytest.raises(ValueError, match=message):
         dump_activations(tiny_model, ids, texts, str(tmp_path / "acts"), cfg)
+
+
+@pytest.mark.parametrize(("n_layers", "layers"), [(30, [8, 15, 22]), (18, [4, 9, 14]), (2, [0, 1]), (1, [0])])
+def test_the_default_layers_are_a_quarter_half_and_three_quarters_of_the_depth(n_layers: int, layers: list[int]):
+    assert resolve_layers(None, n_layers) == layers

@@ -1,7 +1,8 @@
-"""Document embeddings from SAE codes: token pooling, idf weighting and power normalisation."""
+"""Document embeddings from SAE codes: token pooling, idf weighting, power normalisation and joined layers."""
 
 
 import numpy as np
+import pytest
 
 from finescope_core.embed import idf_weights, pool_codes, selection_vectors
 from finescope_core.select import max_cosine
@@ -24,3 +25,19 @@ def test_power_normalisation_lets_many_shared_latents_outweigh_one_dominant_late
     powered = max_cosine(*selection_vectors(docs, seed, "mean", 0.5))
     assert plain[0] > plain[1] and powered[1] > powered[0]
     assert np.allclose(selection_vectors(docs, seed, "mean", 1.0)[0], docs)
+
+
+def test_joined_layers_count_alike_whatever_the_scale_of_their_codes():
+    rng = np.random.default_rng(0)
+    low, high = rng.random((5, 6)), 100 * rng.random((5, 6))
+    seed_low, seed_high = rng.random((1, 6)), 100 * rng.random((1, 6))
+    docs, seeds = selection_vectors(np.hstack([low, high]), np.hstack([seed_low, seed_high]), "mean", 1.0, blocks=2)
+    per_layer = (max_cosine(low, seed_low) + max_cosine(high, seed_high)) / 2
+    np.testing.assert_allclose(max_cosine(docs, seeds), per_layer, rtol=1e-5)
+    unjoined = max_cosine(np.hstack([low, high]), np.hstack([seed_low, seed_high]))
+    assert not np.allclose(unjoined, per_layer)  # without the blocks, the large layer decides alone
+
+
+def test_codes_that_do_not_split_into_the_layers_are_refused():
+    with pytest.raises(ValueError, match="do not split into 2 equal layer blocks"):
+        selection_vectors(np.ones((2, 5)), np.ones((1, 5)), "mean", 1.0, blocks=2)

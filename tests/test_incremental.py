@@ -2,11 +2,15 @@
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from finescope_core import pool_shards, sae_reuse, stages, storage
 from finescope_core.config import DumpConfig, ModelConfig, SAEConfig, SelectConfig
+from finescope_core.embed import embed_with_sae, read_blocks, read_embeddings
+from finescope_core.formats import EMBEDDINGS_FILE
+from finescope_core.sae import load_saes
 
 SAE = SAEConfig(expansion=2, k=4, training_tokens=4000, batch_size=256)
 
@@ -54,6 +58,25 @@ def test_drift_is_near_zero_on_the_fitted_activations(tiny_model: Path, tmp_path
     _, acts = per_shard(root, model, pool, tiny_dump)
     sae = stages.sae(root, acts, SAE, "cpu")
     assert abs(sae_reuse.drift(sae, acts)) < 0.05
+
+
+def test_every_captured_layer_gets_an_sae_and_a_block_of_the_merged_embeddings(tiny_model: Path, tmp_path: Path,
+                                                                                 write_shard, tiny_dump):
+    root, pool = str(tmp_path / "run"), tmp_path / "pool"
+    for index in range(2):
+        write_shard(pool, index)
+    model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
+    shards, acts = per_shard(root, model, pool, tiny_dump.model_copy(update={"layers": [1, 0]}))
+    sae = stages.sae(root, acts, SAE, "cpu")
+    assert sae["info"]["layers"] == [0, 1] and set(sae["info"]["by_layer"]) == {"0", "1"}
+    merged = stages.merged(root, shards, [stages.embeddings(root, ref, sae, "mean", "cpu") for ref in acts])
+    ids, joined = read_embeddings(storage.join(merged["uri"], EMBEDDINGS_FILE))
+    width = sae["info"]["by_layer"]["1"]["d_sae"]
+    assert joined.shape == (len(ids), 2 * width) and read_blocks(storage.join(merged["uri"], EMBEDDINGS_FILE)) == 2
+    layer_one, _ = load_saes(sae)[1]
+    first_ids, codes = embed_with_sae(storage.join(acts[0]["uri"], "tokens"), 1, layer_one, "mean")
+    assert ids[: len(first_ids)] == first_ids
+    np.testing.assert_allclose(joined[: len(first_ids), width:], codes, rtol=1e-5)  # layer 1's own codes, second
 
 
 def test_incremental_selection_ranks_every_shard(tiny_model: Path, tmp_path: Path, repo: Path, write_shard,
