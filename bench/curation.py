@@ -174,6 +174,9 @@ def main() -> None:
 
     p500: Precisions = {s: {style: {} for style in SEED_STYLES} for s in GRID}
     rankings: dict[tuple[str, str], dict] = {}  # (style, domain) -> scores and vectors of every setting and baseline
+    # The pool's selection vectors depend on pooling and power only: one copy each, shared by every ranking (a copy
+    # per setting and seed file would not fit in memory with several layers' codes).
+    shared: dict[tuple[str, float], np.ndarray] = {}
     for domain, (style, folder) in itertools.product(DOMAINS, SEED_STYLES.items()):
         seeds = stages.seeds(root, str(folder / f"{domain}.jsonl"))
         seed_table = storage.read_parquet(storage.join(seeds["uri"], DOCS_FILE))
@@ -190,7 +193,8 @@ def main() -> None:
                   "random": (np.random.default_rng(0).random(len(order)), pool_baseline["random"])}
         for setting in GRID:
             pooled = token_pooling(setting.pooling)
-            ranked[setting] = sae_scores(setting, pool_codes[pooled], seed_codes[pooled], len(layers), minilm)
+            scores, vectors = sae_scores(setting, pool_codes[pooled], seed_codes[pooled], len(layers), minilm)
+            ranked[setting] = scores, shared.setdefault((setting.pooling, setting.power), vectors)
             p500[setting][style][domain] = precision(selected(*ranked[setting], 500), domain)
         rankings[style, domain] = ranked
         print(f"scored {domain} ({style} seeds)", flush=True)

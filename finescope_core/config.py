@@ -117,8 +117,9 @@ class SAEConfig(StageConfig):
     )
     seed: int = Field(0, description="Initialisation seed.")
     refit_drift: float = Field(
-        0.25, ge=0, description="Incremental curation refits the SAE when its fraction of variance unexplained on new "
-        "shards exceeds its fit-time value by more than this fraction (0: refit whenever shards arrive)."
+        0.25, ge=0, description="Incremental curation refits the SAEs when the fraction of variance unexplained of any "
+        "of them on new shards exceeds its fit-time value by more than this fraction (0: refit whenever shards "
+        "arrive)."
     )
 
 

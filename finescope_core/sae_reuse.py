@@ -1,10 +1,10 @@
 """Whether an incrementally curated pool keeps its SAE: the decision and its recorded state.
 
 A pool that grows by Parquet shards is re-curated shard by shard (``stages.shard``): only the shards not seen before
-are dumped and embedded. The SAE is kept across re-curations unless the new activations drift from those it was
-fitted on; drift is the SAE's fraction of variance unexplained (FVU) on the new shards' token sample relative to its
-FVU at fit time, both on tokens the SAE was not trained on (``sae`` holds documents out of training). A refit
-covers every shard, and then every shard is embedded again.
+are dumped and embedded. The SAEs (one per captured layer) are kept across re-curations unless the new activations
+drift from those they were fitted on; drift is an SAE's fraction of variance unexplained (FVU) on the new shards'
+token sample relative to its FVU at fit time, both on tokens it was not trained on (``sae`` holds documents out of
+training), and the worst layer's decides. A refit covers every shard, and then every shard is embedded again.
 
 The decision's state (which SAE is current and which shards it has covered) is a small JSON under the run root,
 keyed by the pool, model and dump/SAE settings. ``stages.incremental_sae`` applies the decision.
