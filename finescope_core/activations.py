@@ -45,8 +45,8 @@ DEFAULT_DEPTHS = (0.25, 0.5, 0.75)
 
 
 def resolve_layers(requested: Sequence[int] | None, n_layers: int) -> list[int]:
-    """Captured layers: by default a quarter, half and three quarters of the depth (low layers code form, high ones
-    topic; selection joins them); each index must exist in the model."""
+    """Captured layers: by default a quarter, half and three quarters of the depth (selection joins their SAE codes,
+    which curated better than the middle layer alone on the curation bench); each index must exist in the model."""
     layers = list(requested) if requested else [min(round(n_layers * depth), n_layers - 1) for depth in DEFAULT_DEPTHS]
     for layer in layers:
         if not 0 <= layer < n_layers:
