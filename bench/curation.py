@@ -155,7 +155,8 @@ def main() -> None:
 
     def codes(dump: dict, ids: list[str], pooling: str) -> np.ndarray:
         embeddings = stages.embeddings(root, dump, sae, token_pooling(pooling), "cpu")
-        return aligned(ids, *read_embeddings(storage.join(embeddings["uri"], EMBEDDINGS_FILE)))
+        stored = read_embeddings(storage.join(embeddings["uri"], EMBEDDINGS_FILE))
+        return aligned(ids, stored.doc_ids, stored.matrix)
 
     pool_codes = {pooling: codes(acts, order, pooling) for pooling in ("mean", "max")}
     pool_baseline = {"minilm": minilm_embeddings(texts),

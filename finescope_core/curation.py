@@ -28,13 +28,17 @@ class CurationSteps:
     curated: Callable = stages.curated
 
 
-def curate(config: RunConfig, steps: CurationSteps = CurationSteps()) -> dict:
+def curate(config: RunConfig, steps: CurationSteps = CurationSteps(), model: dict | None = None,
+           corpus: dict | None = None) -> dict:
     """References to every artifact of a curation of ``config``'s pool by its seeds: model, corpus, pool, seeds,
     acts (the pool's), sae, embeddings (the pool's), curated, and the vectors selection read (``vectors``: the
-    pool's and seeds' activations and embeddings, which a selection by another method reuses)."""
+    pool's and seeds' activations and embeddings, which a selection by another method reuses).
+
+    ``model`` and ``corpus`` are the references of those stages when the caller has them already, so that a user's
+    model and pool are not resolved and fingerprinted a second time."""
     root, device = config.output, config.model.device
-    model = steps.model_ref(config.model)
-    corpus = steps.corpus(root, config.data)
+    model = model or steps.model_ref(config.model)
+    corpus = corpus or steps.corpus(root, config.data)
     pool = steps.pool(root, corpus, config.data)
     seeds = steps.seeds(root, config.select.seeds)
     pool_acts = steps.acts(root, model, pool, config.dump, config.model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -159,12 +160,15 @@ def write_embeddings(doc_ids: Sequence[str], matrix: np.ndarray, uri: str, block
     storage.write_parquet(table.replace_schema_metadata({BLOCKS_KEY: str(blocks)}), uri)
 
 
-def read_embeddings(uri: str) -> tuple[list[str], np.ndarray]:
+class Embeddings(NamedTuple):
+    """An embeddings file's rows: document ids, their vectors, and how many layers' codes each vector joins."""
+
+    doc_ids: list[str]
+    matrix: np.ndarray
+    blocks: int
+
+
+def read_embeddings(uri: str) -> Embeddings:
     table = storage.read_parquet(uri)
-    return table["doc_id"].to_pylist(), vectors(table, "emb")
-
-
-def read_blocks(uri: str) -> int:
-    """How many layers' codes the embeddings at ``uri`` join."""
-    metadata = storage.read_parquet(uri, ["doc_id"]).schema.metadata or {}
-    return int(metadata.get(BLOCKS_KEY.encode(), b"1"))
+    blocks = int((table.schema.metadata or {}).get(BLOCKS_KEY.encode(), b"1"))
+    return Embeddings(table["doc_id"].to_pylist(), vectors(table, "emb"), blocks)

@@ -120,18 +120,15 @@ def _documents(table: pa.Table, where: str) -> pa.Table:
 def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref]) -> Ref:
     """The documents and SAE embeddings of every shard in one folder (``docs.parquet``, ``embeddings.parquet``):
     what selection ranks. Cheap: only concatenation."""
-    from finescope_core.embed import read_blocks, read_embeddings, write_embeddings
+    from finescope_core.embed import read_embeddings, write_embeddings
 
     def work(out: str) -> dict:
         docs = pa.concat_tables([storage.read_parquet(storage.join(ref["uri"], DOCS_FILE)) for ref in shards])
-        ids, matrices = [], []
-        for ref in embeddings_refs:
-            shard_ids, matrix = read_embeddings(storage.join(ref["uri"], EMBEDDINGS_FILE))
-            ids += shard_ids
-            matrices.append(matrix)
+        parts = [read_embeddings(storage.join(ref["uri"], EMBEDDINGS_FILE)) for ref in embeddings_refs]
         storage.write_parquet(docs, storage.join(out, DOCS_FILE))
-        blocks = read_blocks(storage.join(embeddings_refs[0]["uri"], EMBEDDINGS_FILE))
-        write_embeddings(ids, np.concatenate(matrices), storage.join(out, EMBEDDINGS_FILE), blocks)
+        write_embeddings([doc_id for part in parts for doc_id in part.doc_ids],
+                         np.concatenate([part.matrix for part in parts]), storage.join(out, EMBEDDINGS_FILE),
+                         parts[0].blocks)
         return {"n_docs": len(docs), "shards": len(shards)}
 
     inputs = {"shards": storage.fingerprint(*[ref["fingerprint"] for ref in shards]),
@@ -248,17 +245,17 @@ def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table
     from finescope_core.embed import (
         minilm_embeddings,
         raw_activation_embeddings,
-        read_blocks,
         read_embeddings,
         selection_vectors,
     )
 
     pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
     if cfg.method in ("sae", "hybrid"):
-        pool_file = storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE)
-        docs = _aligned(pool_ids, *read_embeddings(pool_file))
-        seeds_ = _aligned(seed_ids, *read_embeddings(storage.join(refs["seed_emb"]["uri"], EMBEDDINGS_FILE)))
-        return selection_vectors(docs, seeds_, cfg.pooling, cfg.power, read_blocks(pool_file))
+        pool = read_embeddings(storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE))
+        seeds_ = read_embeddings(storage.join(refs["seed_emb"]["uri"], EMBEDDINGS_FILE))
+        return selection_vectors(_aligned(pool_ids, pool.doc_ids, pool.matrix),
+                                 _aligned(seed_ids, seeds_.doc_ids, seeds_.matrix), cfg.pooling, cfg.power,
+                                 pool.blocks)
     if cfg.method == "raw_act":
         layer = middle_layer(refs["pool_acts"]["info"]["layers"])
         docs = _aligned(pool_ids, *raw_activation_embeddings(storage.join(refs["pool_acts"]["uri"], "pooled"), layer))

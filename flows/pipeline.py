@@ -48,13 +48,13 @@ def finescope(config: RunConfig) -> dict:
     recovery.
     """
     root, device = config.output, config.model.device
-    eval_sets = build_corpus(root, config.data)["eval_sets"]
+    corpus, base = build_corpus(root, config.data), resolve_model(config.model)
 
     def evaluation(model: dict):
-        return score_model.submit(root, model, eval_sets, config.eval_domains, config.eval, config.model)
+        return score_model.submit(root, model, corpus["eval_sets"], config.eval_domains, config.eval, config.model)
 
-    scored = {"base": evaluation(resolve_model(config.model))}
-    refs = curate(config)
+    scored = {"base": evaluation(base)}
+    refs = curate(config, base, corpus)
     calibration, filename = calibration_of(config, refs)
     pruned = prune_base_model(root, refs["model"], calibration, filename, config.prune, device)
     scored["pruned"] = evaluation(pruned)

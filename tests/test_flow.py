@@ -38,6 +38,8 @@ def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope):
     assert set(metrics) == set(saved["speed"]) == {"base", "pruned", "recovered"}
     assert saved["paired"]["medicine"]["recovered"]["gap_closed"] is not None
     assert metrics["pruned"]["params"] < metrics["base"]["params"]
+    lookups = [line for line in first.stderr.splitlines() if " - model: " in line or " - corpus: " in line]
+    assert len(lookups) == 2, lookups  # resolved once each: curation is handed them, not made to look again
 
     manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
     for name in ("corpus", "acts", "sae", "curated", "pruned", "recovered", "speed", "report"):

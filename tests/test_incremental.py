@@ -8,7 +8,7 @@ import pytest
 
 from finescope_core import pool_shards, sae_reuse, stages, storage
 from finescope_core.config import DumpConfig, ModelConfig, SAEConfig, SelectConfig
-from finescope_core.embed import embed_with_sae, read_blocks, read_embeddings
+from finescope_core.embed import embed_with_sae, read_embeddings
 from finescope_core.formats import EMBEDDINGS_FILE
 from finescope_core.sae import load_saes
 
@@ -70,9 +70,9 @@ def test_every_captured_layer_gets_an_sae_and_a_block_of_the_merged_embeddings(t
     sae = stages.sae(root, acts, SAE, "cpu")
     assert sae["info"]["layers"] == [0, 1] and set(sae["info"]["by_layer"]) == {"0", "1"}
     merged = stages.merged(root, shards, [stages.embeddings(root, ref, sae, "mean", "cpu") for ref in acts])
-    ids, joined = read_embeddings(storage.join(merged["uri"], EMBEDDINGS_FILE))
+    ids, joined, blocks = read_embeddings(storage.join(merged["uri"], EMBEDDINGS_FILE))
     width = sae["info"]["by_layer"]["1"]["d_sae"]
-    assert joined.shape == (len(ids), 2 * width) and read_blocks(storage.join(merged["uri"], EMBEDDINGS_FILE)) == 2
+    assert joined.shape == (len(ids), 2 * width) and blocks == 2
     layer_one, _ = load_saes(sae)[1]
     first_ids, codes = embed_with_sae(storage.join(acts[0]["uri"], "tokens"), 1, layer_one, "mean")
     assert ids[: len(first_ids)] == first_ids
