@@ -2,7 +2,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
-export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= disabled
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
@@ -23,6 +22,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml Makefile
 	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
+# torch computes on every core: a stage running alone needs them all, and two stages at once share them at no
+# loss (measured on 2 cores). The tests pin one thread per test worker themselves (tests/conftest.py).
 demo: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/finescope run configs/demo.yaml
 
