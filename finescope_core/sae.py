@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,7 @@ from finescope_core.activations import layer_rows, vectors
 from finescope_core.config import SAEConfig
 from finescope_core.coordinates import top_coordinates
 from finescope_core.formats import METRICS_FILE
+from finescope_core.progress import progress
 
 EVAL_TOKENS = 20_000
 HELD_OUT_EVERY = 10
@@ -153,6 +155,7 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
     d_in = first.shape[1]
     sae = build_training_sae(d_in, cfg)
     steps = max(1, cfg.training_tokens // cfg.batch_size)
+    norm_batches = min(50, steps)
     from sae_lens.config import SAETrainerConfig
 
     trainer_cfg = SAETrainerConfig(
@@ -162,14 +165,18 @@ def fit_sae(sample_uris: list[str], layer: int, out_uri: str, cfg: SAEConfig, de
         lr_end=cfg.lr,
         lr_warm_up_steps=min(100, steps // 10),
         device=device,
-        n_batches_for_norm_estimate=min(50, steps),
+        n_batches_for_norm_estimate=norm_batches,
         # A latent silent this many steps counts as dead and is trained by the AuxK loss; sae-lens's default (1000
         # steps) would never trigger in short runs, leaving most latents dead.
         dead_feature_window=min(1000, max(20, steps // 20)),
         logger=sl.LoggingConfig(log_to_wandb=False),
     )
-    provider = token_batches(shards, layer, cfg.batch_size, cfg.seed, coordinates, held_out)
+    batches = token_batches(shards, layer, cfg.batch_size, cfg.seed, coordinates, held_out)
+    # sae-lens draws the norm estimate's batches, then one batch a step: exactly this many
+    provider = progress(islice(batches, norm_batches + steps), f"SAE fit, layer {layer} (batches)",
+                        total=norm_batches + steps)
     trained = sl.SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=provider).fit()
+    next(provider, None)  # ends the count: the progress of a loop is reported once its last item is done with
     unseen = sample_tokens(shards, layer, held_out)
     unseen = unseen if coordinates is None else unseen[:, coordinates]
     seen = vectors(_sample_rows(shards[0], layer, _id_array(held_out), inside=False))[:EVAL_TOKENS]

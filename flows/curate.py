@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from finescope.flows.shards import dump_shards, embed_shards, with_runner
+from finescope.tasks.naming import domain, flow_run_name
 from finescope.tasks.stages import (
     build_corpus,
     choose_sae,
@@ -24,7 +25,7 @@ from finescope_core.config import RunConfig
 from finescope_core.embed import token_pooling
 
 
-@flow(name="curate", log_prints=True)
+@flow(name="curate", flow_run_name=flow_run_name("curate", domain), log_prints=True)
 def curate(config: RunConfig, model: dict | None = None, corpus: dict | None = None) -> dict:
     """Select the pool documents most like the seeds; returns references to every artifact made on the way.
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from finescope.tasks.naming import flow_run_name
 from finescope.tasks.stages import build_corpus, publish_report, resolve_model, score_model, time_models
 from prefect import flow
 
 from finescope_core.config import RunConfig
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=flow_run_name("evaluate"), log_prints=True)
 def evaluate(config: RunConfig, model: str | None = None) -> dict:
     """Bits per byte, perplexity and cloze accuracy (with CIs), size and speed of ``model`` (a registry name, local
     folder or hub id; default: ``config.model.name``) on ``config.eval_domains``; returns the report's files."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from finescope.flows.curate import curate
 from finescope.flows.prune import calibration_of
+from finescope.tasks.naming import domain, flow_run_name
 from finescope.tasks.stages import (
     build_corpus,
     distill_targets,
@@ -39,7 +40,7 @@ def stage_details(recovered: dict, distilled: dict | None) -> dict[str, dict]:
     return details
 
 
-@flow(name="finescope", log_prints=True)
+@flow(name="finescope", flow_run_name=flow_run_name("finescope", domain), log_prints=True)
 def finescope(config: RunConfig) -> dict:
     """Build a compact model for ``config.domain``; returns the report's files and the run manifest.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from finescope.flows.curate import curate
+from finescope.tasks.naming import flow_run_name, prune_ratio
 from finescope.tasks.stages import calibration_source, prune_base_model, resolve_model
 from prefect import flow
 
@@ -10,7 +11,7 @@ from finescope_core.config import RunConfig
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
 
 
-@flow(name="prune", log_prints=True)
+@flow(name="prune", flow_run_name=flow_run_name("prune", prune_ratio), log_prints=True)
 def prune(config: RunConfig, calibration: str | None = None) -> dict:
     """Prune ``config.model`` by ``config.prune.ratio`` of its parameters; returns the pruned model's reference.
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from finescope.flows.curate import curate
 from finescope.flows.pipeline import recovery_text
 from finescope.flows.prune import calibration_of
+from finescope.tasks.naming import domain, flow_run_name
 from finescope.tasks.stages import prune_base_model, publish_sweep, recover_model, score_model
 from prefect import flow
 
 from finescope_core.config import RunConfig
 
 
-@flow(name="sweep", log_prints=True)
+@flow(name="sweep", flow_run_name=flow_run_name("sweep", domain), log_prints=True)
 def sweep(config: RunConfig) -> dict:
     """Curate once; for each of ``config.sweep.ratios`` prune the base model and recover it with ``config.recover``;
     evaluate every model; report parameters against domain bits per byte and accuracy (table and Pareto plot) and

@@ -1,12 +1,15 @@
 """One Prefect task per FineScope stage. No ML logic here: each calls ``finescope_core.stages``.
 
 Every task caches on its stage identity (see ``tasks.caching``) with results persisted, retries transient I/O
-errors, and logs where its artifact is and whether it was reused.
+errors, logs where its artifact is and whether it was reused, and shows its long loops as progress artifacts
+(``tasks.progress``); the long ones are named by what they run (``tasks.naming``).
 """
 
 from __future__ import annotations
 
 from finescope.tasks.caching import RETRY_IO, io_task, stage_cache_key
+from finescope.tasks.naming import field, named, stage_label
+from finescope.tasks.progress import show_progress_in_the_ui
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -14,6 +17,7 @@ from finescope_core import config, pool_shards, sae_reuse, stages, storage
 from finescope_core.formats import Ref
 
 stage_task = task(cache_key_fn=stage_cache_key, persist_result=True, **RETRY_IO)
+show_progress_in_the_ui()  # every task run of a process that runs these tasks shows its loops' progress
 
 
 def _logged(name: str, ref: Ref) -> Ref:
@@ -45,6 +49,7 @@ def load_seeds(root: str, path: str) -> Ref:
     return _logged("seeds", stages.seeds(root, path))
 
 
+@named(lambda parameters: f"dump-{stage_label(parameters['docs'])}")
 @stage_task
 def dump_acts(root: str, model: Ref, docs: Ref, dump: config.DumpConfig, model_cfg: config.ModelConfig) -> Ref:
     return _logged("acts", stages.acts(root, model, docs, dump, model_cfg))
@@ -76,6 +81,7 @@ def merge_shards(root: str, shards: list[Ref], embeddings: list[Ref]) -> Ref:
     return _logged("merged", stages.merged(root, shards, embeddings))
 
 
+@named(lambda parameters: "sae-layers-" + "-".join(map(str, field(parameters["acts"], "info", "layers"))))
 @stage_task
 def train_sae(root: str, acts: Ref, sae: config.SAEConfig, device: str) -> Ref:
     ref = stages.sae(root, acts, sae, device)
@@ -88,6 +94,7 @@ def embed_documents(root: str, acts: Ref, sae: Ref, pooling: str, device: str) -
     return _logged("embeddings", stages.embeddings(root, acts, sae, pooling, device))
 
 
+@named(lambda parameters: f"select-{field(parameters['select'], 'method')}-{field(parameters['select'], 'budget')}")
 @stage_task
 def curate_documents(root: str, pool: Ref, seeds: Ref, vectors: dict[str, Ref], eval_sets: Ref | None,
                      select: config.SelectConfig) -> Ref:
@@ -102,6 +109,7 @@ def calibration_source(uri: str) -> tuple[Ref, str]:
     return stages.calibration_file(uri)
 
 
+@named(lambda parameters: f"prune-{field(parameters['prune'], 'ratio'):g}")
 @stage_task
 def prune_base_model(root: str, model: Ref, calibration: Ref, filename: str, prune: config.PruneConfig,
                      device: str) -> Ref:
@@ -120,6 +128,7 @@ def distill_targets(root: str, teacher: Ref, curated: Ref, distill: config.Disti
     return _logged("distilled", ref)
 
 
+@named(lambda parameters: f"recover-{field(parameters['recover'], 'tokens')}-tokens")
 @stage_task
 def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: str, recover: config.RecoverConfig,
                   device: str) -> Ref:
@@ -131,6 +140,7 @@ def recover_model(root: str, pruned: Ref, teacher: Ref, texts: Ref, filename: st
     return _logged("recovered", ref)
 
 
+@named(lambda parameters: f"eval-{stage_label(parameters['model'])}")
 @stage_task
 def score_model(root: str, model: Ref, eval_sets: Ref, domains: list[str], evaluation: config.EvalConfig,
                    model_cfg: config.ModelConfig) -> Ref:

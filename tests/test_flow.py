@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -27,9 +29,22 @@ def finescope(repo: Path, tmp_path: Path, prefect_api: dict[str, str]) -> Callab
     return run
 
 
-def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope):
+def progress_shown(api: str, since: str) -> dict[str, float]:
+    """The progress artifacts of the flow runs started since ``since``: their descriptions and last values."""
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"start_time": {"after_": since}}}).json()
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
+        "type": {"any_": ["progress"]}, "flow_run_id": {"any_": [run["id"] for run in runs]}}}).json()
+    return {artifact["description"]: artifact["data"] for artifact in artifacts}
+
+
+def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope, prefect_api: dict[str, str]):
     out = tmp_path / "run"
+    started = datetime.now(UTC).isoformat()
     first = finescope("run", "configs/tiny.yaml", "--set", f"output={out}")
+    shown = progress_shown(prefect_api["PREFECT_API_URL"], started)
+    for loop in ("dump-pool: activation dump (shards)", "sae-layers-1: SAE fit, layer 1 (batches)",
+                 "recover-512-tokens: recovery (steps)", "eval-recovered: perplexity (batches)"):
+        assert shown.get(loop) == 100.0, (loop, shown)  # each long loop of the run, in the UI, finished
     report_line = next(line for line in first.stdout.splitlines() if line.startswith("Report: "))
     report = Path(report_line.removeprefix("Report: "))
     assert report.is_file() and report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -38,6 +53,10 @@ def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope):
     assert set(metrics) == set(saved["speed"]) == {"base", "pruned", "recovered"}
     assert saved["paired"]["medicine"]["recovered"]["gap_closed"] is not None
     assert metrics["pruned"]["params"] < metrics["base"]["params"]
+    assert "Beginning flow run 'finescope-medicine-tiny-random-llama'" in first.stderr
+    for task_run in ("dump-pool", "dump-seeds", "sae-layers-1", "select-sae-20", "prune-0.01", "recover-512-tokens",
+                     "eval-tiny-random-llama", "eval-pruned", "eval-recovered"):
+        assert f"Task run '{task_run}'" in first.stderr, task_run
     lookups = [line for line in first.stderr.splitlines() if " - model: " in line or " - corpus: " in line]
     assert len(lookups) == 2, lookups  # resolved once each: curation is handed them, not made to look again
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finescope_core import storage
+from finescope_core import progress, storage
 from finescope_core.activations import dump_activations
 from finescope_core.config import DumpConfig, SAEConfig
 from finescope_core.embed import embed_with_sae
@@ -19,7 +19,15 @@ def test_sae_fits_saves_and_embeds(tiny_model: Path, tmp_path: Path):
     acts = str(tmp_path / "acts")
     dump_activations(tiny_model, ids, texts, acts, DumpConfig(layers=[1], shard_docs=8, sae_sample_tokens=10_000))
     cfg = SAEConfig(expansion=4, k=8, training_tokens=30_000, batch_size=128)
-    metrics = fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae"), cfg)
+    reports = []
+    progress.report_to(lambda desc, done, total: reports.append((desc, done, total)))
+    try:
+        metrics = fit_sae([storage.join(acts, "sample")], 1, str(tmp_path / "sae"), cfg)
+    finally:
+        progress.report_to(None)
+    steps = 30_000 // 128
+    assert reports[0] == ("SAE fit, layer 1 (batches)", 0, 50 + steps)  # the norm estimate's batches, then the steps
+    assert reports[-1] == ("SAE fit, layer 1 (batches)", 50 + steps, 50 + steps)  # every batch drawn, none left
     assert metrics["d_sae"] == 4 * metrics["d_in"] == 256
     assert 0 < metrics["fvu"] < 1 and 0 < metrics["l0"] <= 8
     assert metrics["eval"] == "held_out" and metrics["held_out_docs"] == 2 and 0 < metrics["train_fvu"] < 1

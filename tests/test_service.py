@@ -160,6 +160,7 @@ def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Servic
     run = service.post(f"/deployments/{service.deployments['curate-bucket']}/create_flow_run").json()
     finished = service.wait(run["id"])
     assert finished["state"]["type"] == "COMPLETED", finished["state"]["message"]
+    assert finished["name"].startswith("curate-medicine-")  # named from the deployment's JSON parameters
 
     curated = service.s3.glob(f"{BUCKET}/runs/tiny/curated/*/curated.parquet")
     assert len(curated) == 1 and service.s3.exists(curated[0].rsplit("/", 1)[0] + "/_COMPLETE.json")
