@@ -60,6 +60,19 @@ class DataConfig(StageConfig):
         description="URI of a folder of Parquet shards (columns doc_id, text; optional domain, prompt, response). "
         "Empty: build the demo corpus from installed packages.",
     )
+    dataset: str | None = Field(
+        None, description="A Hugging Face dataset to curate from, instead of data.pool: a hub id (where a hub is "
+        "reachable), a folder written by save_to_disk, or data files (.parquet, .json, .jsonl, .csv; globs allowed). "
+        "It is streamed into Parquet shards under the run root, which then serve as the pool."
+    )
+    text: str = Field(
+        "text", description="With data.dataset: the column that holds a document's text, or a template over columns "
+        "such as '{question}\\n{answer}'."
+    )
+    id_column: str | None = Field(
+        None, description="With data.dataset: the column of unique document ids (None: the row number)."
+    )
+    split: str = Field("train", description="With data.dataset: the split to read.")
     eval_sets: str | None = Field(
         None, description="URI of eval sets (eval/<domain>/{mc,text}.parquet). Empty: the demo corpus's."
     )
@@ -74,7 +87,9 @@ class DataConfig(StageConfig):
 
     @model_validator(mode="after")
     def _incremental_uses_every_shard(self) -> DataConfig:
-        if self.pool and self.incremental and self.max_pool_docs:
+        if self.pool and self.dataset:
+            raise ValueError("data.pool and data.dataset are two sources of the pool: give one of them")
+        if (self.pool or self.dataset) and self.incremental and self.max_pool_docs:
             raise ValueError("data.max_pool_docs subsamples the pool, which incremental curation cannot do shard by "
                              "shard: unset data.max_pool_docs or set data.incremental=false")
         return self

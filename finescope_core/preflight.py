@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from finescope_core import storage
 from finescope_core.config import RunConfig
+from finescope_core.dataset_pool import check_dataset
 from finescope_core.formats import MC_FILE, REQUIRED_DOC_COLUMNS, TEXT_FILE
 from finescope_core.models import resolve
 from finescope_core.prune import SUPPORTED
@@ -29,8 +30,17 @@ def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = Tr
     """Raise an ``InputError`` (or FileNotFoundError/PermissionError) naming the field if ``config`` cannot run."""
     if needs_seeds:
         read_seeds(config.select.seeds)
-    if needs_eval and config.data.pool and not config.data.eval_sets:
-        raise InputError("data.eval_sets is required with data.pool: give eval/<domain>/{mc,text}.parquet sets")
+    if needs_eval and (config.data.pool or config.data.dataset) and not config.data.eval_sets:
+        source = "data.pool" if config.data.pool else "data.dataset"
+        raise InputError(f"data.eval_sets is required with {source}: give eval/<domain>/{{mc,text}}.parquet sets")
+    if config.data.dataset:
+        try:
+            check_dataset(config.data)
+        except (ValueError, FileNotFoundError) as exc:
+            raise InputError(str(exc)) from None
+        except ConnectionError as exc:  # a hub id where no hub answers
+            raise InputError(f"data.dataset={config.data.dataset!r} cannot be read here ({exc}); give a save_to_disk "
+                             "folder or data files, or run where its hub is reachable") from None
     if config.data.pool:
         documents = check_documents(config.data.pool, "data.pool")
         available = min(documents, config.data.max_pool_docs or documents)

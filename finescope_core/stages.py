@@ -54,19 +54,31 @@ def model_ref(cfg: ModelConfig) -> Ref:
 
 
 def corpus(root: str, cfg: DataConfig) -> Ref:
-    """The pool and eval sets: the user's (referenced in place) or the demo corpus built under the run root. Both
-    are identified by content, read each call: a shard added to a pool or an eval set edited in place is new input.
+    """The pool and eval sets: the user's (a pool referenced in place, or a dataset written as one under the run root)
+    or the demo corpus built under the run root. Both are identified by content, read each call: a shard added to a
+    pool or an eval set edited in place is new input.
     ``eval`` is the eval sets' URI (None without any), ``eval_sets`` their reference."""
-    if cfg.pool:
-        shard_uris(cfg.pool)  # raises, naming the field, when there are none
+    pool_uri = imported(root, cfg)["uri"] if cfg.dataset else cfg.pool
+    if pool_uri:
+        shard_uris(pool_uri)  # raises, naming the field, when there are none
         sets = eval_sets(cfg.eval_sets)
-        fingerprint = storage.fingerprint(source_fingerprint(cfg.pool), sets["fingerprint"] if sets else None)
-        return {"uri": cfg.pool, "pool": cfg.pool, "fingerprint": fingerprint, "eval": cfg.eval_sets,
+        fingerprint = storage.fingerprint(source_fingerprint(pool_uri), sets["fingerprint"] if sets else None)
+        return {"uri": pool_uri, "pool": pool_uri, "fingerprint": fingerprint, "eval": cfg.eval_sets,
                 "eval_sets": sets}
     identity = {"builder": corpus_fingerprint(cfg.demo)}  # config, builder and source-data versions
     ref = run_stage(root, "corpus", identity, None, lambda out: build_demo_corpus(out, cfg.demo))
     sets = eval_sets(cfg.eval_sets or storage.join(ref["uri"], "eval"))
     return {**ref, "pool": storage.join(ref["uri"], "pool"), "eval": sets["uri"], "eval_sets": sets}
+
+
+def imported(root: str, cfg: DataConfig) -> Ref:
+    """``data.dataset`` written as a pool of Parquet shards (``dataset_pool``), once per dataset content and text
+    settings."""
+    from finescope_core.dataset_pool import dataset_identity, import_dataset
+
+    settings = {"text": cfg.text, "id_column": cfg.id_column, "split": cfg.split}
+    return run_stage(root, "imported", {"dataset": dataset_identity(cfg)}, settings,
+                     lambda out: import_dataset(cfg, out))
 
 
 def eval_sets(uri: str | None) -> Ref | None:

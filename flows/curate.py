@@ -30,7 +30,7 @@ def curate(config: RunConfig, model: dict | None = None, corpus: dict | None = N
     """Select the pool documents most like the seeds; returns references to every artifact made on the way.
 
     ``model`` and ``corpus``: the references of those stages when the calling flow has resolved them already."""
-    if config.data.pool and config.data.incremental:
+    if (config.data.pool or config.data.dataset) and config.data.incremental:
         return curate_shards(config, model, corpus)
     tasks = curation.CurationSteps(resolve_model, build_corpus, sample_pool, load_seeds, dump_acts, train_sae,
                                    embed_documents, curate_documents)
@@ -40,12 +40,13 @@ def curate(config: RunConfig, model: dict | None = None, corpus: dict | None = N
 def curate_shards(config: RunConfig, model: dict | None = None, corpus: dict | None = None) -> dict:
     """Curation of a user's pool shard by shard: only shards not seen before are dumped and embedded, and the SAE
     is reused unless the new shards' activations drift (``finescope_core.incremental``)."""
-    root, device, pool_uri = config.output, config.model.device, config.data.pool
+    root, device = config.output, config.model.device
     if config.select.method == "raw_act":
         raise ValueError("select.method=raw_act is not available with incremental curation: use sae, minilm or "
                          "random, or set data.incremental=false")
     model = model or resolve_model(config.model)
     corpus = corpus or build_corpus(root, config.data)
+    pool_uri = corpus["pool"]  # data.pool, or data.dataset written as shards
     shards = [read_shard(root, uri) for uri in list_shards(pool_uri)]
     acts = with_runner(config.runner, dump_shards)(root, model, shards, config.dump, config.model)
     sae = choose_sae(root, model, acts, config.dump, config.sae, pool_uri, device)

@@ -40,6 +40,8 @@ AFFECTS: dict[str, set[str]] = {
     "model.device": NUMERICS, "model.dtype": {"acts", "eval", "speed"},
     "data.pool": {"corpus", "eval_sets", "curated", "eval"},  # a pool given without eval sets has none
     "data.eval_sets": {"eval_sets"}, "data.incremental": set(),
+    "data.dataset": {"imported", "corpus", "eval_sets", "curated", "eval"},  # as a pool, written as one
+    "data.text": set(), "data.id_column": set(), "data.split": set(),  # read only with data.dataset
     "data.max_pool_docs": {"pool"},
     **{f"data.demo.{name}": {"corpus"} for name in (
         "domains", "docs_per_domain", "eval_mc_per_domain", "eval_text_per_domain", "max_chars", "shard_docs", "seed")},
@@ -104,6 +106,8 @@ def recorded(monkeypatch, tmp_path: Path):
         calls.append((name, stage_fingerprint(name, settings, config, ignore)))
         uri = Path(root, name, fingerprint)
         (uri / "eval").mkdir(parents=True, exist_ok=True)  # the demo corpus's eval sets
+        if name == "imported":  # a dataset's shards: the pool that the stages after it read
+            work(str(uri))
         return {"uri": str(uri), "fingerprint": fingerprint, "info": Info(layers=[1])}
 
     def model_ref(cfg):
@@ -186,13 +190,16 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
     storage.write_parquet(pa.Table.from_pylist([{"doc_id": "a", "text": "a note"}]), str(pool / "s.parquet"))
     storage.write_parquet(pa.Table.from_pylist([{"doc_id": "e", "text": "held out"}]),
                           str(eval_sets / "medicine" / "text.parquet"))
+    (tmp_path / "dataset.jsonl").write_text('{"text": "a note from a dataset"}\n')
     base = RunConfig.model_validate({
         "output": str(tmp_path / "run"), "data": {"incremental": False},
         "select": {"seeds": str(repo / "seeds" / "medicine.jsonl")}, "recover": {"targets": "self_distilled"}})
     inputs = {
         "output": str(tmp_path / "elsewhere"), "domain": "math", "eval_domains": ["medicine"],
         "model.name": "tiny-random-llama", "model.device": "cuda", "data.pool": str(pool),
-        "data.eval_sets": str(eval_sets), "data.demo.domains": ["medicine", "general"], "dump.layers": [1],
+        "data.dataset": str(tmp_path / "dataset.jsonl"), "data.text": "{title}", "data.id_column": "id",
+        "data.split": "test", "data.eval_sets": str(eval_sets), "data.demo.domains": ["medicine", "general"],
+        "dump.layers": [1],
         "select.seeds": str(repo / "seeds" / "math.jsonl"), "eval.harness_tasks": ["arc_easy"],
         "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786"}
     assert set(fields(base)) == set(AFFECTS), "enter each new config field in AFFECTS"

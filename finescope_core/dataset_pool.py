@@ -1,0 +1,133 @@
+"""A pool from the datasets ecosystem: a Hugging Face dataset (a hub id, a ``save_to_disk`` folder, or data files)
+written as Parquet shards of documents (doc_id, text), the form every curation stage reads, incremental curation
+included.
+
+A document's text is a column, or a template over columns (``"{question}\\n{answer}"``). Rows are streamed (data files
+and hub datasets) or memory-mapped (``save_to_disk`` folders) and written a shard at a time, so a dataset larger than
+memory is never held whole.
+"""
+
+from __future__ import annotations
+
+import glob
+import string
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+
+from finescope_core import storage
+from finescope_core.addressing import source_fingerprint
+from finescope_core.config import DataConfig
+
+SHARD_DOCS = 10_000
+BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}  # data files by suffix
+SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
+
+
+def data_files(source: str) -> list[str]:
+    """The local data files a source names: a file, a glob, or a folder of data files (empty: not data files)."""
+    if Path(source).is_dir():
+        return sorted(str(path) for path in Path(source).iterdir() if path.suffix in BUILDERS)
+    return sorted(path for path in glob.glob(source) if Path(path).suffix in BUILDERS)
+
+
+def is_saved_dataset(source: str) -> bool:
+    return Path(source).is_dir() and any((Path(source) / marker).is_file() for marker in SAVED_MARKERS)
+
+
+def open_rows(cfg: DataConfig) -> Iterable[dict]:
+    """The dataset's rows, as dicts of column values, without loading it whole."""
+    import datasets
+
+    source = cfg.dataset
+    if is_saved_dataset(source):
+        loaded = datasets.load_from_disk(source)
+        if isinstance(loaded, datasets.DatasetDict):
+            if cfg.split not in loaded:
+                raise ValueError(f"data.split={cfg.split!r} is not a split of {source}; it has {sorted(loaded)}")
+            loaded = loaded[cfg.split]
+        return loaded
+    files = data_files(source)
+    if files:
+        builders = {BUILDERS[Path(path).suffix] for path in files}
+        if len(builders) > 1:
+            raise ValueError(f"data.dataset={source!r} mixes file kinds {sorted(builders)}; give files of one kind")
+        return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
+    if Path(source).exists():
+        raise ValueError(f"data.dataset={source!r} holds no dataset: give a save_to_disk folder or "
+                         f"{'/'.join(BUILDERS)} files")
+    return datasets.load_dataset(source, split=cfg.split, streaming=True)  # a hub id
+
+
+def document_text(template: str, row: dict) -> str:
+    """The text of one row: the column ``template`` names, or ``template`` filled from the row's columns."""
+    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    missing = [name for name in (fields or [template]) if name not in row]
+    if missing:
+        raise ValueError(f"data.text={template!r} names column {missing[0]!r}, which the dataset lacks; its columns: "
+                         f"{sorted(row)}")
+    return template.format_map(row) if fields else str(row[template])
+
+
+def row_id(cfg: DataConfig, row: dict, number: int) -> str:
+    """A row's document id: its ``data.id_column`` value, or its row number."""
+    if cfg.id_column is None:
+        return str(number)
+    if cfg.id_column not in row:
+        raise ValueError(f"data.id_column={cfg.id_column!r} is not a column of the dataset; its columns: "
+                         f"{sorted(row)}")
+    return str(row[cfg.id_column])
+
+
+def dataset_identity(cfg: DataConfig) -> str:
+    """What the imported pool's content depends on: the files' content for local data, the id and split for a hub
+    dataset (imported once per id: pin a revision in the id to read a newer one)."""
+    source = cfg.dataset
+    if is_saved_dataset(source):
+        return source_fingerprint(source)
+    files = data_files(source)
+    if files:
+        return storage.fingerprint(*[source_fingerprint(path) for path in files])
+    return storage.fingerprint("hub", source, cfg.split)
+
+
+def import_dataset(cfg: DataConfig, out_uri: str, shard_docs: int = SHARD_DOCS) -> dict:
+    """Write the dataset's documents as ``shard-<n>.parquet`` files of ``shard_docs`` rows under ``out_uri``; rows
+    whose text is blank are skipped (they have no tokens to curate by)."""
+    seen: set[str] = set()
+    batch: list[dict] = []
+    shards = skipped = 0
+
+    def flush() -> None:
+        nonlocal shards, batch
+        storage.write_parquet(pa.Table.from_pylist(batch), storage.join(out_uri, f"shard-{shards:05d}.parquet"))
+        shards, batch = shards + 1, []
+
+    for number, row in enumerate(open_rows(cfg)):
+        doc_id = row_id(cfg, row, number)
+        if doc_id in seen:
+            raise ValueError(f"data.id_column={cfg.id_column!r} repeats the id {doc_id!r}; give a column of unique ids")
+        seen.add(doc_id)
+        text = document_text(cfg.text, row)
+        if not text.strip():
+            skipped += 1
+            continue
+        batch.append({"doc_id": doc_id, "text": text})
+        if len(batch) == shard_docs:
+            flush()
+    if batch:
+        flush()
+    if not shards:
+        raise ValueError(f"data.dataset={cfg.dataset!r} has no document with text (data.text={cfg.text!r})")
+    return {"n_docs": len(seen) - skipped, "shards": shards, "skipped_blank": skipped}
+
+
+def check_dataset(cfg: DataConfig) -> None:
+    """Open the dataset and render its first row's text: a bad source, split, column or template fails here, before
+    any work."""
+    first = next(iter(open_rows(cfg)), None)
+    if first is None:
+        raise ValueError(f"data.dataset={cfg.dataset!r} is empty")
+    document_text(cfg.text, first)
+    row_id(cfg, first, 0)
