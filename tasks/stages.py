@@ -7,6 +7,8 @@ errors, logs where its artifact is and whether it was reused, and shows its long
 
 from __future__ import annotations
 
+import base64
+
 from finescope.tasks.caching import RETRY_IO, io_task, stage_cache_key
 from finescope.tasks.naming import field, named, stage_label
 from finescope.tasks.progress import show_progress_in_the_ui
@@ -153,12 +155,20 @@ def time_models(root: str, models: dict[str, Ref], model_cfg: config.ModelConfig
     return _logged("speed", stages.speed(root, models, model_cfg))
 
 
+def with_plot(ref: Ref, caption: str) -> str:
+    """A report's Markdown for the Prefect UI: its plot embedded as a data URI (the UI renders those; it cannot
+    reach a file in the run's storage) and where the report's files lie."""
+    image = base64.b64encode(storage.read_bytes(ref["info"]["png"])).decode()
+    return (f"{storage.read_bytes(ref['info']['markdown']).decode()}\n\n![{caption}](data:image/png;base64,{image})"
+            f"\n\nFiles (JSON, Markdown, PNG): `{ref['uri']}`\n")
+
+
 @task
 def publish_report(root: str, results: dict[str, Ref], title: str, speed: Ref | None = None,
                    details: dict[str, dict] | None = None, domains: list[str] | None = None) -> Ref:
     """Write the report and publish it as Prefect artifacts (markdown and a summary table) of the flow run."""
     ref = stages.report(root, results, title, speed, details, domains)
-    create_markdown_artifact(storage.read_bytes(ref["info"]["markdown"]).decode(), key="finescope-report",
+    create_markdown_artifact(with_plot(ref, "bits per byte and accuracy against size"), key="finescope-report",
                              description=title)
     rows = [{"model": label, "domain": domain, "params": r["info"]["params"],
              **{k: r["info"]["domains"][domain].get(k) for k in ("bpb", "acc", "margin")}}
@@ -172,7 +182,7 @@ def publish_sweep(root: str, results: dict[str, Ref], ratios: dict[str, float], 
                   keep: float) -> Ref:
     """Write the sweep's report and publish it as a Prefect markdown artifact."""
     ref = stages.sweep(root, results, ratios, domain, metric, keep)
-    create_markdown_artifact(storage.read_bytes(ref["info"]["markdown"]).decode(), key="finescope-sweep",
+    create_markdown_artifact(with_plot(ref, "Pareto front of size against score"), key="finescope-sweep",
                              description=f"size/quality sweep for {domain}")
     get_run_logger().info("sweep: chosen model %s", ref["info"]["chosen"])
     return _logged("sweep", ref)
