@@ -18,7 +18,6 @@ from prefect.results import get_result_store
 from pydantic import BaseModel
 
 from finescope_core import storage
-from finescope_core.precision import bfloat16_is_native
 
 
 def identity(value: Any) -> Any:
@@ -55,6 +54,8 @@ def native_bfloat16(parameters: dict[str, Any]) -> dict[str, bool] | None:
     natively, which is what "auto" resolves by (the core's stage ids hold the resolved precision)."""
     if not any(getattr(value, "precision", None) == "auto" for value in parameters.values()):
         return None
+    from finescope_core.precision import bfloat16_is_native  # imports torch: only for the tasks that compute
+
     return {"cpu": bfloat16_is_native("cpu"), "cuda": bfloat16_is_native("cuda")}
 
 

@@ -149,3 +149,36 @@ def tiny_dump():
     from finescope_core.config import DumpConfig
 
     return DumpConfig(layers=[1], max_tokens=24, shard_docs=16, sae_sample_tokens=2000)
+
+
+@pytest.fixture(scope="module")
+def postgres(free_port) -> Iterator[str]:
+    """A PostgreSQL server from Debian's package, a cluster of its own in a temporary folder, on 127.0.0.1; yields the
+    SQLAlchemy URL of an empty database, as Prefect's server takes it. Run as the postgres user where the tests run
+    as root (PostgreSQL refuses root)."""
+    import shutil
+    import tempfile
+
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    assert versions, "PostgreSQL's server is needed: apt-get install postgresql (.ci/run installs it)"
+    binaries, port = versions[-1].parent, free_port()
+    folder = Path(tempfile.mkdtemp(prefix="finescope-postgres-"))  # not under pytest's root-only tmp folders
+    as_owner: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+
+    def run(*args: str) -> None:
+        done = subprocess.run([*as_owner, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    data, log = folder / "data", folder / "server.log"
+    run(str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
+    run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
+        f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c max_connections=200", "start")
+    try:
+        run(str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect")
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    finally:
+        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -102,3 +102,16 @@ def test_pools_schedules_and_the_shard_trigger(project: dict, dockerfile):
     assert trigger["expect"] == [SHARDS_ARRIVED]
     assert trigger["match"]["prefect.resource.id"].startswith("finescope.pool")
     assert by_name["watch-bucket"]["parameters"]["pool"] == curate["parameters"]["config"]["data"]["pool"]
+
+
+def test_the_compose_file_runs_the_server_on_postgresql_with_pinned_images(repo: Path):
+    compose = yaml.safe_load((repo / "docker" / "compose.yaml").read_text())["services"]
+    assert set(compose) == {"postgres", "server", "worker"}
+    for name in ("postgres", "server"):
+        image = compose[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    url = compose["server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert url.startswith("postgresql+asyncpg://") and "@postgres:5432/" in url
+    assert compose["server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert compose["worker"]["build"]["dockerfile"] == "docker/Dockerfile"
+    assert compose["worker"]["environment"]["PREFECT_API_URL"] == "http://server:4200/api"

@@ -1,6 +1,6 @@
-"""The service end to end, on 127.0.0.1 only: a Prefect server with basic auth, the process work pool, deployments
-from deployments/prefect.yaml, a worker, REST- and event-triggered runs, artifacts and results in a moto S3 bucket.
-Every process is started here and stopped at the end."""
+"""The service end to end, on 127.0.0.1 only: a Prefect server with basic auth on a PostgreSQL database, the process
+work pool, deployments from deployments/prefect.yaml, a worker, REST- and event-triggered runs, artifacts and results
+in a moto S3 bucket. Every process is started here and stopped at the end."""
 
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ class Service:
     s3_secret: str
     deployments: dict[str, str]  # name -> id
     worker_log: Path
+    server_log: Path
 
     def request(self, method: str, path: str, **body) -> httpx.Response:
         """An authenticated request that must succeed; a failure shows the server's answer. A 503 (the server's
         database busy, which Prefect marks retryable) is retried, as Prefect's own client does."""
         for wait in (1, 2, 4, 8, 16, 0):
-            response = httpx.request(method, f"{self.api}{path}", json=body if method == "POST" else None,
+            response = httpx.request(method, f"{self.api}{path}", json=body if method in ("POST", "PATCH") else None,
                                      auth=self.auth, timeout=30)
             if response.status_code != 503 or not wait:
                 break
@@ -83,7 +84,7 @@ def tiny_config(output: str, pool: str, repo: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, repo: Path, free_port):
+def service(tmp_path_factory, repo: Path, free_port, postgres: str):
     home = tmp_path_factory.mktemp("service")
     password, s3_secret = secrets.token_hex(8), "moto-" + secrets.token_hex(8)
     s3_port, api_port = free_port(), free_port()
@@ -114,7 +115,8 @@ def service(tmp_path_factory, repo: Path, free_port):
         wait_until_up(f"{endpoint}/moto-api/", moto, moto_log)
         s3 = s3fs.S3FileSystem(key="moto", secret=s3_secret, endpoint_url=endpoint)
         s3.mkdir(BUCKET)
-        server_env = base | {"PREFECT_SERVER_API_AUTH_STRING": f"finescope:{password}"}
+        server_env = base | {"PREFECT_SERVER_API_AUTH_STRING": f"finescope:{password}",
+                             "PREFECT_API_DATABASE_CONNECTION_URL": postgres}  # the service's database, not SQLite
         server, server_log = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                     str(api_port)], server_env, "server")
         wait_until_up(f"{api}/health", server, server_log)
@@ -129,7 +131,8 @@ def service(tmp_path_factory, repo: Path, free_port):
             cli("deploy", "--prefect-file", "deployments/prefect.yaml", "-n", name, "--params", json.dumps(parameters))
         _, worker_log = start([str(BIN / "prefect"), "worker", "start", "--pool", "finescope-local"], client, "worker")
         found = httpx.post(f"{api}/deployments/filter", json={}, auth=("finescope", password), timeout=30).json()
-        yield Service(api, ("finescope", password), s3, s3_secret, {d["name"]: d["id"] for d in found}, worker_log)
+        yield Service(api, ("finescope", password), s3, s3_secret, {d["name"]: d["id"] for d in found}, worker_log,
+                      server_log)
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -150,7 +153,15 @@ def s3_folders(service: Service, stage: str) -> list[str]:
     return service.s3.ls(path, refresh=True) if service.s3.exists(path) else []
 
 
-def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Service, tmp_path: Path, write_shard):
+def stored_flow_runs(postgres: str) -> int:
+    """How many flow runs the server's PostgreSQL database holds, read there directly."""
+    done = subprocess.run(["psql", postgres.replace("+asyncpg", ""), "-tAc", "select count(*) from flow_run"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return int(done.stdout)
+
+
+def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Service, tmp_path: Path, write_shard,
+                                                                 postgres: str):
     for index in range(2):
         upload_shard(service, tmp_path, index, write_shard)
     refused = httpx.post(f"{service.api}/deployments/{service.deployments['curate-bucket']}/create_flow_run",
@@ -161,6 +172,7 @@ def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Servic
     finished = service.wait(run["id"])
     assert finished["state"]["type"] == "COMPLETED", finished["state"]["message"]
     assert finished["name"].startswith("curate-medicine-")  # named from the deployment's JSON parameters
+    assert stored_flow_runs(postgres) >= 1  # the server keeps its records in PostgreSQL
 
     curated = service.s3.glob(f"{BUCKET}/runs/tiny/curated/*/curated.parquet")
     assert len(curated) == 1 and service.s3.exists(curated[0].rsplit("/", 1)[0] + "/_COMPLETE.json")
@@ -200,3 +212,29 @@ def test_new_shards_trigger_a_recuration_of_only_those_shards(service: Service, 
     state = [path for path in service.s3.ls(f"{BUCKET}/runs/tiny/state", refresh=True) if "incremental-" in path]
     last = json.loads(service.s3.cat(state[0]))["last"]
     assert last["new_shards"] == 1 and last["action"] == "reused"
+
+
+LOAD_RUNS, POOL_LIMIT = 20, 4
+
+
+def test_twenty_runs_submitted_at_once_all_complete_with_nothing_lost(service: Service):
+    """Load on the server and its PostgreSQL database: 20 runs of the pool watcher submitted at once through the API,
+    at most 4 running at a time (the work pool's limit), each writing its states, task runs and logs. (Every shard
+    was announced by the tests before, so each run checks the bucket and finds nothing new: the load is the
+    server's, not the model's.)"""
+    service.request("PATCH", "/work_pools/finescope-local", concurrency_limit=POOL_LIMIT)
+    seen = [path for path in service.s3.ls(f"{BUCKET}/runs/tiny/state", refresh=True) if "/seen-" in path]
+    announced = json.loads(service.s3.cat(seen[0]))
+    started = time.monotonic()
+    deployment = service.deployments["watch-bucket"]
+    ids = [service.post(f"/deployments/{deployment}/create_flow_run").json()["id"] for _ in range(LOAD_RUNS)]
+    finished = [service.wait(run_id, timeout=600) for run_id in ids]
+    figures = {"submitted": LOAD_RUNS, "completed": sum(r["state"]["type"] == "COMPLETED" for r in finished),
+               "wall_s": round(time.monotonic() - started), "pool_limit": POOL_LIMIT,
+               "flow_run_retries": sum(r["run_count"] - 1 for r in finished)}
+    print("load:", json.dumps(figures))
+    assert figures["completed"] == LOAD_RUNS, [r["state"]["message"] for r in finished]
+    assert [r["state_name"] for r in finished] == ["Completed"] * LOAD_RUNS
+    server_log = service.server_log.read_text()
+    assert "database is locked" not in server_log and "OperationalError" not in server_log
+    assert json.loads(service.s3.cat(seen[0])) == announced and len(announced) == 3  # the record, whole
