@@ -19,5 +19,5 @@ def evaluate(config: RunConfig, model: str | None = None) -> dict:
     result = score_model(config.output, model_ref, corpus["eval_sets"], config.eval_domains, config.eval, model_cfg)
     speed = time_models(config.output, {model_cfg.name: model_ref}, model_cfg)
     report = publish_report(config.output, {model_cfg.name: result}, f"FineScope evaluation: {model_cfg.name}", speed,
-                            domains=config.eval_domains)
+                            domains=config.eval_domains, models={model_cfg.name: model_ref})
     return report["info"]

@@ -66,7 +66,7 @@ def finescope(config: RunConfig) -> dict:
     models = {"base": refs["model"], "pruned": pruned, "recovered": recovered}
     speed = time_models(root, models, config.model)
     report = publish_report(root, results, f"FineScope: {config.model.name} for {config.domain}", speed,
-                            stage_details(recovered, distilled), config.eval_domains)
+                            stage_details(recovered, distilled), config.eval_domains, models)
     artifacts = {key: refs[key] for key in ("corpus", "pool", "seeds", "acts", "sae", "embeddings", "curated")}
     artifacts |= {"pruned": pruned, "recovered": recovered, "speed": speed, "report": report}
     artifacts |= {"distilled": distilled} if distilled is not None else {}

@@ -165,13 +165,19 @@ def with_plot(ref: Ref, caption: str) -> str:
 
 @task
 def publish_report(root: str, results: dict[str, Ref], title: str, speed: Ref | None = None,
-                   details: dict[str, dict] | None = None, domains: list[str] | None = None) -> Ref:
-    """Write the report and publish it as Prefect artifacts (markdown and a summary table) of the flow run."""
+                   details: dict[str, dict] | None = None, domains: list[str] | None = None,
+                   models: dict[str, Ref] | None = None) -> Ref:
+    """Write the report and publish it as Prefect artifacts (markdown and a summary table) of the flow run; both
+    say where each model (``models``, by the results' labels) and its evaluation lie in storage."""
     ref = stages.report(root, results, title, speed, details, domains)
-    create_markdown_artifact(with_plot(ref, "bits per byte and accuracy against size"), key="finescope-report",
-                             description=title)
+    stored = {label: {"model_uri": (models or {}).get(label, {}).get("uri"), "eval_uri": result["uri"]}
+              for label, result in results.items()}
+    where = "\n".join(f"| {label} | `{uris['model_uri']}` | `{uris['eval_uri']}` |" for label, uris in stored.items())
+    create_markdown_artifact(f"{with_plot(ref, 'bits per byte and accuracy against size')}\n## In storage\n\n"
+                             f"| model | model folder | evaluation |\n|---|---|---|\n{where}\n",
+                             key="finescope-report", description=title)
     rows = [{"model": label, "domain": domain, "params": r["info"]["params"],
-             **{k: r["info"]["domains"][domain].get(k) for k in ("bpb", "acc", "margin")}}
+             **{k: r["info"]["domains"][domain].get(k) for k in ("bpb", "acc", "margin")}, **stored[label]}
             for label, r in results.items() for domain in r["info"]["domains"]]
     create_table_artifact(rows, key="finescope-metrics", description="bits per byte, accuracy and margin per model")
     return _logged("report", ref)
