@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -93,26 +94,41 @@ def free_port() -> Callable[[], int]:
     return port
 
 
+@contextlib.contextmanager
+def _prefect_server(home: Path, port: int, settings: dict[str, str]) -> Iterator[str]:
+    """A Prefect server on 127.0.0.1 with ``settings`` (its home in ``home``), until the block ends; yields its
+    address."""
+    env = {**os.environ, "PREFECT_HOME": str(home), **settings}
+    log = home / "server.log"
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not _answers(f"{address}/api/health"):
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield address
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory, free_port) -> Iterator[dict[str, str]]:
     """One Prefect server for the session's CLI runs, so that each run does not start a temporary one of its own (about
     10 s each); yields the environment that points a client at it. Runs that test the temporary server (the
     reaper's) leave it out."""
-    home, port = tmp_path_factory.mktemp("prefect-server"), free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false"}
-    log = home / "server.log"
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while not _answers(f"{api}/health"):
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield {"PREFECT_API_URL": api}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    home = tmp_path_factory.mktemp("prefect-server")
+    with _prefect_server(home, free_port(), {"PREFECT_UI_ENABLED": "false"}) as address:
+        yield {"PREFECT_API_URL": f"{address}/api"}
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Callable[[Path, int, dict[str, str]], contextlib.AbstractContextManager[str]]:
+    """``prefect_server(home, port, settings)``: a Prefect server of a test's own for a ``with`` block; yields its
+    address."""
+    return _prefect_server
 
 
 def _answers(url: str) -> bool:

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,32 +30,13 @@ evaluate(load_config("configs/tiny.yaml", {"output": sys.argv[1]}))
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory, free_port) -> Iterator[str]:
+def ui(tmp_path_factory, free_port, prefect_server) -> Iterator[str]:
     """A Prefect server with its UI on 127.0.0.1; yields its address."""
-    home, port = tmp_path_factory.mktemp("prefect-ui"), free_port()
-    address = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "true",
-           "PREFECT_UI_API_URL": f"{address}/api"}  # where the pages' scripts call the API
-    log = home / "server.log"
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-                               "127.0.0.1", "--port", str(port)], env=env, stdout=log.open("w"),
-                              stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while not answers(f"{address}/api/health"):
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+    port = free_port()
+    settings = {"PREFECT_UI_ENABLED": "true",
+                "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}  # where the pages' scripts call the API
+    with prefect_server(tmp_path_factory.mktemp("prefect-ui"), port, settings) as address:
         yield address
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def chromium(url: str, *args: str, profile: Path) -> str:
