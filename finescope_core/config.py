@@ -7,7 +7,7 @@ a misspelt key or an out-of-range value is reported before any work starts, nami
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,6 +54,35 @@ class ModelConfig(StageConfig):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loaded.")
 
 
+class EvalDatasetConfig(StageConfig):
+    """One eval set of one domain read from a Hugging Face dataset: cloze multiple choice (``choices``) or held-out
+    documents (``text``)."""
+
+    domain: str = Field(description="The eval domain whose set this is (a name of eval_domains).")
+    dataset: str = Field(
+        description="A hub id (where a hub is reachable), a folder written by save_to_disk, or data files (.parquet, "
+        ".json, .jsonl, .csv; globs allowed)."
+    )
+    split: str = Field("test", description="The split to read.")
+    id_column: str | None = Field(None, description="The column of unique item ids (None: the row number).")
+    text: str | None = Field(
+        None, description="Held-out documents: the column that holds a document's text, or a template over columns."
+    )
+    choices: str | list[str] | None = Field(
+        None, description="Multiple choice: the column of each item's choices (a list, or a dict with 'text' and "
+        "'label' lists), or the columns that each hold one choice."
+    )
+    answer: str | None = Field(
+        None, description="Multiple choice: the column of the gold choice, as a 0-based index, a label, a letter (A, "
+        "B, ...) or the choice's text."
+    )
+    context: str = Field(
+        "Question: {question}\nAnswer:", description="Multiple choice: the text each choice continues, a column or a "
+        "template over columns."
+    )
+    max_rows: int | None = Field(None, ge=1, description="Read at most this many rows (None: all).")
+
+
 class DataConfig(StageConfig):
     pool: str | None = Field(
         None,
@@ -76,6 +105,10 @@ class DataConfig(StageConfig):
     eval_sets: str | None = Field(
         None, description="URI of eval sets (eval/<domain>/{mc,text}.parquet). Empty: the demo corpus's."
     )
+    eval_datasets: list[EvalDatasetConfig] = Field(
+        default_factory=list, description="Eval sets read from Hugging Face datasets, one entry per domain and kind "
+        "(instead of data.eval_sets; with the demo corpus, instead of its eval sets)."
+    )
     demo: CorpusConfig = Field(default_factory=CorpusConfig, description="Demo corpus settings (when pool is empty).")
     max_pool_docs: int | None = Field(
         None, ge=1, description="Curate from a seeded random subset of this many pool documents (None: all)."
@@ -84,6 +117,24 @@ class DataConfig(StageConfig):
         True, description="With data.pool: curate shard by shard, so a re-curation dumps and embeds only the shards "
         "it has not seen and reuses the SAE unless the new activations drift (sae.refit_drift)."
     )
+
+    @model_validator(mode="after")
+    def _one_eval_set_per_entry(self) -> DataConfig:
+        if self.eval_sets and self.eval_datasets:
+            raise ValueError("data.eval_sets and data.eval_datasets are two sources of the eval sets: give one of them")
+        files: set[tuple[str, bool]] = set()
+        for index, entry in enumerate(self.eval_datasets):
+            field = f"data.eval_datasets[{index}]"
+            if (entry.text is None) == (entry.choices is None):
+                raise ValueError(f"{field}: give text (held-out documents) or choices and answer (multiple choice)")
+            if entry.choices is not None and entry.answer is None:
+                raise ValueError(f"{field}.answer: name the column of the gold choice")
+            kind = entry.choices is not None
+            if (entry.domain, kind) in files:
+                raise ValueError(f"{field}: two eval sets {entry.domain}/{'mc' if kind else 'text'}.parquet; give one "
+                                 "entry per domain and kind")
+            files.add((entry.domain, kind))
+        return self
 
     @model_validator(mode="after")
     def _incremental_uses_every_shard(self) -> DataConfig:
@@ -431,6 +482,9 @@ def reference_table(model: type[BaseModel] = RunConfig, prefix: str = "") -> str
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             rows.append(reference_table(field.annotation, f"{prefix}{name}."))
             continue
-        default = field.get_default(call_default_factory=True)
-        rows.append(f"| `{prefix}{name}` | `{default!r}` | {(field.description or '').replace('|', chr(92) + '|')} |")
+        default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=True)!r}`"
+        rows.append(f"| `{prefix}{name}` | {default} | {(field.description or '').replace('|', chr(92) + '|')} |")
+        item = get_args(field.annotation)[0] if get_origin(field.annotation) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel):  # a list of settings: each entry's fields
+            rows.append(reference_table(item, f"{prefix}{name}[]."))
     return "\n".join(rows)

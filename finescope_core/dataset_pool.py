@@ -36,60 +36,61 @@ def is_saved_dataset(source: str) -> bool:
     return Path(source).is_dir() and any((Path(source) / marker).is_file() for marker in SAVED_MARKERS)
 
 
-def open_rows(cfg: DataConfig) -> Iterable[dict]:
-    """The dataset's rows, as dicts of column values, without loading it whole."""
+def open_rows(source: str, split: str, field: str = "data.dataset") -> Iterable[dict]:
+    """The rows of ``split`` of the dataset ``source`` (named ``field`` in errors), as dicts of column values,
+    without loading it whole. Data files have one split, read whatever ``split`` says."""
     import datasets
 
-    source = cfg.dataset
+    split_field = field.rsplit(".", 1)[0] + ".split"
     if is_saved_dataset(source):
         loaded = datasets.load_from_disk(source)
         if isinstance(loaded, datasets.DatasetDict):
-            if cfg.split not in loaded:
-                raise ValueError(f"data.split={cfg.split!r} is not a split of {source}; it has {sorted(loaded)}")
-            loaded = loaded[cfg.split]
+            if split not in loaded:
+                raise ValueError(f"{split_field}={split!r} is not a split of {source}; it has {sorted(loaded)}")
+            loaded = loaded[split]
         return loaded
     files = data_files(source)
     if files:
         builders = {BUILDERS[Path(path).suffix] for path in files}
         if len(builders) > 1:
-            raise ValueError(f"data.dataset={source!r} mixes file kinds {sorted(builders)}; give files of one kind")
+            raise ValueError(f"{field}={source!r} mixes file kinds {sorted(builders)}; give files of one kind")
         return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)
     if Path(source).exists():
-        raise ValueError(f"data.dataset={source!r} holds no dataset: give a save_to_disk folder or "
+        raise ValueError(f"{field}={source!r} holds no dataset: give a save_to_disk folder or "
                          f"{'/'.join(BUILDERS)} files")
-    return datasets.load_dataset(source, split=cfg.split, streaming=True)  # a hub id
+    return datasets.load_dataset(source, split=split, streaming=True)  # a hub id
 
 
-def document_text(template: str, row: dict) -> str:
-    """The text of one row: the column ``template`` names, or ``template`` filled from the row's columns."""
+def document_text(template: str, row: dict, field: str = "data.text") -> str:
+    """The text of one row: the column ``template`` names, or ``template`` filled from the row's columns (a null
+    value as empty text)."""
     fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
     missing = [name for name in (fields or [template]) if name not in row]
     if missing:
-        raise ValueError(f"data.text={template!r} names column {missing[0]!r}, which the dataset lacks; its columns: "
+        raise ValueError(f"{field}={template!r} names column {missing[0]!r}, which the dataset lacks; its columns: "
                          f"{sorted(row)}")
-    return template.format_map(row) if fields else str(row[template])
+    values = {name: "" if value is None else value for name, value in row.items()}  # a null cell reads as empty
+    return template.format_map(values) if fields else str(values[template])
 
 
-def row_id(cfg: DataConfig, row: dict, number: int) -> str:
-    """A row's document id: its ``data.id_column`` value, or its row number."""
-    if cfg.id_column is None:
+def row_id(id_column: str | None, row: dict, number: int, field: str = "data.id_column") -> str:
+    """A row's id: its ``id_column`` value, or its row number."""
+    if id_column is None:
         return str(number)
-    if cfg.id_column not in row:
-        raise ValueError(f"data.id_column={cfg.id_column!r} is not a column of the dataset; its columns: "
-                         f"{sorted(row)}")
-    return str(row[cfg.id_column])
+    if id_column not in row:
+        raise ValueError(f"{field}={id_column!r} is not a column of the dataset; its columns: {sorted(row)}")
+    return str(row[id_column])
 
 
-def dataset_identity(cfg: DataConfig) -> str:
-    """What the imported pool's content depends on: the files' content for local data, the id and split for a hub
-    dataset (imported once per id: pin a revision in the id to read a newer one)."""
-    source = cfg.dataset
+def source_identity(source: str, split: str) -> str:
+    """What a dataset's rows depend on: the files' content for local data, the id and split for a hub dataset (read
+    once per id: pin a revision in the id to read a newer one)."""
     if is_saved_dataset(source):
         return source_fingerprint(source)
     files = data_files(source)
     if files:
         return storage.fingerprint(*[source_fingerprint(path) for path in files])
-    return storage.fingerprint("hub", source, cfg.split)
+    return storage.fingerprint("hub", source, split)
 
 
 def import_dataset(cfg: DataConfig, out_uri: str, shard_docs: int = SHARD_DOCS) -> dict:
@@ -104,8 +105,8 @@ def import_dataset(cfg: DataConfig, out_uri: str, shard_docs: int = SHARD_DOCS) 
         storage.write_parquet(pa.Table.from_pylist(batch), storage.join(out_uri, f"shard-{shards:05d}.parquet"))
         shards, batch = shards + 1, []
 
-    for number, row in enumerate(open_rows(cfg)):
-        doc_id = row_id(cfg, row, number)
+    for number, row in enumerate(open_rows(cfg.dataset, cfg.split)):
+        doc_id = row_id(cfg.id_column, row, number)
         if doc_id in seen:
             raise ValueError(f"data.id_column={cfg.id_column!r} repeats the id {doc_id!r}; give a column of unique ids")
         seen.add(doc_id)
@@ -126,8 +127,8 @@ def import_dataset(cfg: DataConfig, out_uri: str, shard_docs: int = SHARD_DOCS) 
 def check_dataset(cfg: DataConfig) -> None:
     """Open the dataset and render its first row's text: a bad source, split, column or template fails here, before
     any work."""
-    first = next(iter(open_rows(cfg)), None)
+    first = next(iter(open_rows(cfg.dataset, cfg.split)), None)
     if first is None:
         raise ValueError(f"data.dataset={cfg.dataset!r} is empty")
     document_text(cfg.text, first)
-    row_id(cfg, first, 0)
+    row_id(cfg.id_column, first, 0)

@@ -72,7 +72,7 @@ def evaluate_model(
     """
     if not domains:
         raise ValueError("no domains to evaluate: give at least one domain (eval_domains)")
-    sets = {d: (read_mc_items(eval_uri, d, cfg.mc_items), read_docs(eval_uri, d, cfg.ppl_docs)) for d in domains}
+    sets = {domain: read_domain(eval_uri, domain, cfg) for domain in domains}
     folder = _local_model_dir(model_dir)
     tokenizer = load_tokenizer(folder)
     model = _load_model(folder, device, dtype)
@@ -100,22 +100,40 @@ def scoring_precision(model: PreTrainedModel, precision: str):
     return torch.autocast(model.device.type, dtype=torch.bfloat16)
 
 
+DOC_UNITS = ("doc_id", "source", "nll", "tokens", "bytes")  # per-document scores (``document_scores``)
+ITEM_UNITS = ("item_id", "source", "correct", "margin")  # per-item scores (``item_scores``)
+
+
+def empty(columns: tuple[str, ...]) -> dict[str, list]:
+    """The scores of a domain without that eval set."""
+    return {column: [] for column in columns}
+
+
 def summarise(docs: dict[str, list], items: dict[str, list], resamples: int, seed: int) -> dict[str, Any]:
     """Aggregates with 95% bootstrap CIs over documents (bpb, perplexity) and items (accuracy, margin), overall
-    and per source."""
+    and per source; a domain without documents (or items) has None for their metrics."""
+    return {**document_summary(docs, resamples, seed), **item_summary(items, resamples, seed),
+            "by_source": by_source(docs, items)}
+
+
+def document_summary(docs: dict[str, list], resamples: int, seed: int) -> dict[str, Any]:
     nll, n_bytes, n_tokens = (np.asarray(docs[k], dtype=np.float64) for k in ("nll", "bytes", "tokens"))
+    if not len(nll):
+        return {"bpb": None, "bpb_ci": None, "ppl": None, "ppl_ci": None, "n_docs": 0, "n_tokens": 0}
     counts = bootstrap_counts(len(nll), resamples, seed)
     bpb, *bpb_interval = bpb_ci(nll, n_bytes, resamples, seed)
+    return {"bpb": bpb, "bpb_ci": bpb_interval, "ppl": float(np.exp(nll.sum() / n_tokens.sum())),
+            "ppl_ci": percentile_ci(np.exp((counts @ nll) / (counts @ n_tokens))), "n_docs": len(nll),
+            "n_tokens": int(n_tokens.sum())}
+
+
+def item_summary(items: dict[str, list], resamples: int, seed: int) -> dict[str, Any]:
+    if not items["correct"]:
+        return {"acc": None, "acc_ci": None, "margin": None, "margin_ci": None, "n_mc": 0}
     acc, *acc_interval = mean_ci(items["correct"], resamples, seed)
     margin, *margin_interval = mean_ci(items["margin"], resamples, seed)
-    return {
-        "bpb": bpb, "bpb_ci": bpb_interval,
-        "ppl": float(np.exp(nll.sum() / n_tokens.sum())),
-        "ppl_ci": percentile_ci(np.exp((counts @ nll) / (counts @ n_tokens))),
-        "acc": acc, "acc_ci": acc_interval, "margin": margin, "margin_ci": margin_interval,
-        "n_mc": len(items["correct"]), "n_docs": len(nll), "n_tokens": int(n_tokens.sum()),
-        "by_source": by_source(docs, items),
-    }
+    return {"acc": acc, "acc_ci": acc_interval, "margin": margin, "margin_ci": margin_interval,
+            "n_mc": len(items["correct"])}
 
 
 def by_source(docs: dict[str, list], items: dict[str, list]) -> dict[str, dict[str, float]]:
@@ -132,6 +150,15 @@ def by_source(docs: dict[str, list], items: dict[str, list]) -> dict[str, dict[s
 
 
 # ---------------------------------------------------------------------------------------------------- eval sets
+
+
+def read_domain(eval_uri: str, domain: str, cfg: EvalConfig) -> tuple[list[ClozeItem], list[Document]]:
+    """A domain's cloze items and held-out documents; a domain may have either set, not neither."""
+    has = {name: storage.exists(storage.join(eval_uri, domain, name)) for name in (MC_FILE, TEXT_FILE)}
+    if not any(has.values()):
+        raise FileNotFoundError(f"eval set {storage.join(eval_uri, domain)} not found: {EVAL_SET_FIX}")
+    return (read_mc_items(eval_uri, domain, cfg.mc_items) if has[MC_FILE] else [],
+            read_docs(eval_uri, domain, cfg.ppl_docs) if has[TEXT_FILE] else [])
 
 
 def read_mc_items(eval_uri: str, domain: str, limit: int) -> list[ClozeItem]:
@@ -268,6 +295,8 @@ def document_scores(
     Bits per byte = total NLL / ln 2 / total bytes which, unlike perplexity, compares models with different
     tokenizers.
     """
+    if not docs:
+        return empty(DOC_UNITS)
     ids, n_bytes = truncate_docs(tokenizer, [d.text for d in docs], max_tokens)
     prefix = prefix_token_id(tokenizer)
     nll = -continuation_logprobs(model, [([prefix, *t], len(t)) for t in ids], batch_size, "perplexity")
@@ -301,6 +330,8 @@ def item_scores(
     """Per cloze item: whether the choice with the highest log-likelihood per character is right, and the margin
     of the gold choice over the best other one (nats per character; positive when right), a continuous signal of
     how far an item is from flipping."""
+    if not items:
+        return empty(ITEM_UNITS)
     logliks = choice_logliks(model, tokenizer, items, batch_size, max_tokens)
     correct, margins = [], []
     for item, ll in zip(items, logliks):

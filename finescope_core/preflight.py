@@ -9,12 +9,14 @@ layers, the device. Everything that can be checked without writing is checked be
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from finescope_core import storage
 from finescope_core.config import RunConfig
+from finescope_core.dataset_eval import check_eval_dataset
 from finescope_core.dataset_pool import check_dataset
 from finescope_core.formats import MC_FILE, REQUIRED_DOC_COLUMNS, TEXT_FILE
 from finescope_core.models import resolve
@@ -30,17 +32,13 @@ def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = Tr
     """Raise an ``InputError`` (or FileNotFoundError/PermissionError) naming the field if ``config`` cannot run."""
     if needs_seeds:
         read_seeds(config.select.seeds)
-    if needs_eval and (config.data.pool or config.data.dataset) and not config.data.eval_sets:
-        source = "data.pool" if config.data.pool else "data.dataset"
-        raise InputError(f"data.eval_sets is required with {source}: give eval/<domain>/{{mc,text}}.parquet sets")
-    if config.data.dataset:
-        try:
-            check_dataset(config.data)
-        except (ValueError, FileNotFoundError) as exc:
-            raise InputError(str(exc)) from None
-        except ConnectionError as exc:  # a hub id where no hub answers
-            raise InputError(f"data.dataset={config.data.dataset!r} cannot be read here ({exc}); give a save_to_disk "
-                             "folder or data files, or run where its hub is reachable") from None
+    data = config.data
+    if needs_eval and (data.pool or data.dataset) and not (data.eval_sets or data.eval_datasets):
+        source = "data.pool" if data.pool else "data.dataset"
+        raise InputError(f"data.eval_sets is required with {source}: give eval/<domain>/{{mc,text}}.parquet sets, or "
+                         "data.eval_datasets")
+    if data.dataset:
+        readable("data.dataset", data.dataset, check_dataset, data)
     if config.data.pool:
         documents = check_documents(config.data.pool, "data.pool")
         available = min(documents, config.data.max_pool_docs or documents)
@@ -132,8 +130,33 @@ def check_documents(uri: str, field: str) -> int:
     return rows
 
 
+def readable(field: str, source: str, check: Callable[..., None], *args: object) -> None:
+    """Run ``check(*args)``, which opens the dataset ``source``; its errors become one-line ``InputError``s."""
+    try:
+        check(*args)
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(str(exc)) from None
+    except ConnectionError as exc:  # a hub id where no hub answers
+        raise InputError(f"{field}={source!r} cannot be read here ({exc}); give a save_to_disk folder or data files, "
+                         "or run where its hub is reachable") from None
+
+
+def check_eval_datasets(config: RunConfig) -> None:
+    """An entry of ``data.eval_datasets`` for every domain in ``eval_domains``, and each entry's first row builds."""
+    entries = config.data.eval_datasets
+    missing = [domain for domain in config.eval_domains if domain not in {entry.domain for entry in entries}]
+    if missing:
+        raise InputError(f"eval_domains: no entry of data.eval_datasets for {missing}; add one or drop the domain")
+    for index, entry in enumerate(entries):
+        readable(f"data.eval_datasets[{index}].dataset", entry.dataset, check_eval_dataset, entry, index)
+
+
 def check_eval_sets(config: RunConfig) -> None:
-    """An eval set for every domain in ``eval_domains``: the user's files, or a domain the demo corpus builds."""
+    """An eval set for every domain in ``eval_domains``: the user's files or datasets, or a domain the demo corpus
+    builds."""
+    if config.data.eval_datasets:
+        check_eval_datasets(config)
+        return
     if not config.data.eval_sets:
         missing = [d for d in config.eval_domains if d not in config.data.demo.domains]
         if missing:

@@ -138,7 +138,12 @@ def comparisons(results: Results) -> dict[str, dict[str, dict[str, Any]]]:
 # ----------------------------------------------------------------------------------------------------- markdown
 
 
-def _ci(value: list[float] | None, digits: int = 3, signed: bool = False, percent: bool = False) -> str:
+def with_ci(metrics: dict, key: str) -> list[float] | None:
+    """``[value, lo, hi]`` of one metric, None where the domain has no set to measure it on."""
+    return None if metrics[key] is None else [metrics[key], *metrics[f"{key}_ci"]]
+
+
+def format_ci(value: list[float] | None, digits: int = 3, signed: bool = False, percent: bool = False) -> str:
     if not value:
         return MISSING
     scale, unit = (100, "%") if percent else (1, "")
@@ -178,14 +183,14 @@ def summary_lines(paired: dict) -> list[str]:
         if "gap_closed" not in row:
             continue
         vs = row.get("vs_pruned", {})
-        lines.append(f"- `{label}` on {domains[0]}: bpb {_ci(vs.get('bpb'), signed=True)} against the pruned model "
-                     f"(gap closed {_ci(row['gap_closed'], percent=True)}); accuracy "
-                     f"{_ci(vs.get('acc'), signed=True)}.")
+        lines.append(f"- `{label}` on {domains[0]}: bpb {format_ci(vs.get('bpb'), signed=True)} against the pruned "
+                     f"model (gap closed {format_ci(row['gap_closed'], percent=True)}); accuracy "
+                     f"{format_ci(vs.get('acc'), signed=True)}.")
         for domain in domains[1:]:
             off = paired[domain].get(label, {})
             lines.append(f"- `{label}` off the domain, on {domain}: bpb "
-                         f"{_ci(off.get('vs_pruned', {}).get('bpb'), signed=True)} against the pruned model, "
-                         f"{_ci(off.get('vs_base', {}).get('bpb'), signed=True)} against the base.")
+                         f"{format_ci(off.get('vs_pruned', {}).get('bpb'), signed=True)} against the pruned model, "
+                         f"{format_ci(off.get('vs_base', {}).get('bpb'), signed=True)} against the base.")
     return lines if len(lines) > 2 else []
 
 
@@ -216,13 +221,13 @@ def _row(label: str, result: dict, domain: str, reference: int, paired: dict, sp
     vs = paired.get("vs_pruned", {})
     cells = [
         label, params,
-        _ci([metrics["bpb"], *metrics["bpb_ci"]]),
-        _ci(vs.get("bpb"), signed=True),
-        _ci(paired.get("gap_closed"), percent=True),
-        _ci([metrics["acc"], *metrics["acc_ci"]]),
-        _ci(vs.get("acc"), signed=True),
-        f"{metrics['margin']:+.4f}",
-        _num(metrics["ppl"]),
+        format_ci(with_ci(metrics, "bpb")),
+        format_ci(vs.get("bpb"), signed=True),
+        format_ci(paired.get("gap_closed"), percent=True),
+        format_ci(with_ci(metrics, "acc")),
+        format_ci(vs.get("acc"), signed=True),
+        MISSING if metrics["margin"] is None else f"{metrics['margin']:+.4f}",
+        MISSING if metrics["ppl"] is None else _num(metrics["ppl"]),
         tokens_per_s,
         f"{metrics['n_mc']} / {metrics['n_docs']}",
     ]
@@ -298,6 +303,8 @@ def plot_png(results: Results, title: str) -> bytes:
 
 def _points(ax: Axes, metrics: dict[str, dict], x: dict[str, float], style: dict, key: str, title: str) -> None:
     for label, m in metrics.items():
+        if m[key] is None:  # the domain has no set for this metric
+            continue
         value, (lo, hi) = m[key], m[f"{key}_ci"]
         colour, marker = style[label]
         ax.errorbar([x[label]], [value], yerr=[[value - lo], [hi - value]], fmt=marker, capsize=4, color=colour,

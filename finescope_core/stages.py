@@ -61,24 +61,37 @@ def corpus(root: str, cfg: DataConfig) -> Ref:
     pool_uri = imported(root, cfg)["uri"] if cfg.dataset else cfg.pool
     if pool_uri:
         shard_uris(pool_uri)  # raises, naming the field, when there are none
-        sets = eval_sets(cfg.eval_sets)
+        sets = users_eval_sets(root, cfg)
         fingerprint = storage.fingerprint(source_fingerprint(pool_uri), sets["fingerprint"] if sets else None)
-        return {"uri": pool_uri, "pool": pool_uri, "fingerprint": fingerprint, "eval": cfg.eval_sets,
+        return {"uri": pool_uri, "pool": pool_uri, "fingerprint": fingerprint, "eval": sets["uri"] if sets else None,
                 "eval_sets": sets}
     identity = {"builder": corpus_fingerprint(cfg.demo)}  # config, builder and source-data versions
     ref = run_stage(root, "corpus", identity, None, lambda out: build_demo_corpus(out, cfg.demo))
-    sets = eval_sets(cfg.eval_sets or storage.join(ref["uri"], "eval"))
+    sets = users_eval_sets(root, cfg) or eval_sets(storage.join(ref["uri"], "eval"))
     return {**ref, "pool": storage.join(ref["uri"], "pool"), "eval": sets["uri"], "eval_sets": sets}
 
 
 def imported(root: str, cfg: DataConfig) -> Ref:
     """``data.dataset`` written as a pool of Parquet shards (``dataset_pool``), once per dataset content and text
     settings."""
-    from finescope_core.dataset_pool import dataset_identity, import_dataset
+    from finescope_core.dataset_pool import import_dataset, source_identity
 
     settings = {"text": cfg.text, "id_column": cfg.id_column, "split": cfg.split}
-    return run_stage(root, "imported", {"dataset": dataset_identity(cfg)}, settings,
+    return run_stage(root, "imported", {"dataset": source_identity(cfg.dataset, cfg.split)}, settings,
                      lambda out: import_dataset(cfg, out))
+
+
+def users_eval_sets(root: str, cfg: DataConfig) -> Ref | None:
+    """The eval sets the user gives: ``data.eval_datasets`` written as eval sets under the run root (once per
+    datasets' content and entries), or the folder ``data.eval_sets``; None for neither."""
+    if not cfg.eval_datasets:
+        return eval_sets(cfg.eval_sets)
+    from finescope_core.dataset_eval import eval_datasets_identity, import_eval_sets
+
+    identity = {"datasets": eval_datasets_identity(cfg.eval_datasets)}
+    entries = {"entries": [entry.model_dump() for entry in cfg.eval_datasets]}
+    ref = run_stage(root, "imported_eval", identity, entries, lambda out: import_eval_sets(cfg.eval_datasets, out))
+    return {"uri": ref["uri"], "fingerprint": ref["fingerprint"]}
 
 
 def eval_sets(uri: str | None) -> Ref | None:

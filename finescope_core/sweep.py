@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from finescope_core import storage
+from finescope_core.report import format_ci, with_ci
 
 
 def share_of_base(metric: str, base: float, value: float) -> float:
@@ -25,11 +26,15 @@ def share_of_base(metric: str, base: float, value: float) -> float:
 def sweep_rows(results: dict[str, dict], ratios: dict[str, float], domain: str, metric: str) -> list[dict]:
     """One row per model (the base first, then by size): ratio, parameters, bpb and accuracy with CIs, share."""
     base = results["base"]["domains"][domain]
+    if base[metric] is None:
+        raise ValueError(f"sweep.metric={metric!r}: the eval sets of {domain!r} have no "
+                         f"{'held-out documents' if metric == 'bpb' else 'multiple-choice items'}; choose the other "
+                         "metric or add the set")
     rows = []
     for label, result in results.items():
         metrics = result["domains"][domain]
         rows.append({"model": label, "ratio": ratios.get(label, 0.0), "params": result["params"],
-                     "bpb": [metrics["bpb"], *metrics["bpb_ci"]], "acc": [metrics["acc"], *metrics["acc_ci"]],
+                     "bpb": with_ci(metrics, "bpb"), "acc": with_ci(metrics, "acc"),
                      "share": share_of_base(metric, base[metric], metrics[metric])})
     return sorted(rows, key=lambda row: (row["model"] != "base", row["params"]))
 
@@ -73,11 +78,9 @@ def sweep_markdown(summary: dict) -> str:
              "Brackets hold 95% bootstrap CIs; * marks the Pareto front (no model smaller and better).", "",
              "| model | pruned | params | bpb [95% CI] | acc [95% CI] | share |", "|---|---:|---:|---:|---:|---:|"]
     for row in summary["rows"]:
-        bpb, acc = row["bpb"], row["acc"]
         star = " *" if row["model"] in summary["pareto"] else ""
         lines.append(f"| {row['model']}{star} | {100 * row['ratio']:g}% | {row['params'] / 1e6:.2f}M | "
-                     f"{bpb[0]:.3f} [{bpb[1]:.3f}, {bpb[2]:.3f}] | {acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}] | "
-                     f"{row['share']:.1%} |")
+                     f"{format_ci(row['bpb'])} | {format_ci(row['acc'])} | {row['share']:.1%} |")
     chosen = summary["chosen"]
     lines += ["", f"Chosen: `{chosen}`, the smallest model that keeps at least {keep:.0%} of the base's {metric}."
               if chosen else f"Chosen: none; no model keeps {keep:.0%} of the base's {metric}."]
@@ -91,6 +94,10 @@ def sweep_png(summary: dict) -> bytes:
     FigureCanvasAgg(figure)
     for ax, key, label in zip(figure.subplots(1, 2), ("bpb", "acc"), ("bits per byte (lower is better)",
                                                                        "cloze accuracy")):
+        if rows[0][key] is None:  # the domain has no eval set for this metric
+            ax.set_axis_off()
+            ax.set_title(f"{label}: no eval set")
+            continue
         for row in rows:
             value, lo, hi = row[key]
             ax.errorbar([row["params"] / 1e6], [value], yerr=[[value - lo], [hi - value]], fmt="o", capsize=4,

@@ -194,7 +194,7 @@ def test_bad_eval_sets_are_rejected_with_the_file_named(tmp_path, tiny, change, 
 
 def test_missing_domain_and_model_without_weights_are_reported(tmp_path, tiny):
     write_eval_set(tmp_path / "eval", "med", make_items(2), make_docs(2))
-    with pytest.raises(FileNotFoundError, match=r"law/mc\.parquet not found: build the eval sets"):
+    with pytest.raises(FileNotFoundError, match=r"eval/law not found: build the eval sets"):
         evaluate_model(tiny, str(tmp_path / "eval"), ["med", "law"], cfg())
     no_weights = tmp_path / "model"
     no_weights.mkdir()

@@ -42,6 +42,7 @@ AFFECTS: dict[str, set[str]] = {
     "data.eval_sets": {"eval_sets"}, "data.incremental": set(),
     "data.dataset": {"imported", "corpus", "eval_sets", "curated", "eval"},  # as a pool, written as one
     "data.text": set(), "data.id_column": set(), "data.split": set(),  # read only with data.dataset
+    "data.eval_datasets": {"imported_eval", "eval_sets"},  # instead of the demo's eval sets
     "data.max_pool_docs": {"pool"},
     **{f"data.demo.{name}": {"corpus"} for name in (
         "domains", "docs_per_domain", "eval_mc_per_domain", "eval_text_per_domain", "max_chars", "shard_docs", "seed")},
@@ -199,7 +200,9 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
         "output": str(tmp_path / "elsewhere"), "domain": "math", "eval_domains": ["medicine"],
         "model.name": "tiny-random-llama", "model.device": "cuda", "data.pool": str(pool),
         "data.dataset": str(tmp_path / "dataset.jsonl"), "data.text": "{title}", "data.id_column": "id",
-        "data.split": "test", "data.eval_sets": str(eval_sets), "data.demo.domains": ["medicine", "general"],
+        "data.split": "test", "data.eval_sets": str(eval_sets),
+        "data.eval_datasets": [{"domain": "medicine", "dataset": str(tmp_path / "dataset.jsonl"), "text": "text"}],
+        "data.demo.domains": ["medicine", "general"],
         "dump.layers": [1],
         "select.seeds": str(repo / "seeds" / "math.jsonl"), "eval.harness_tasks": ["arc_easy"],
         "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786"}

@@ -29,3 +29,12 @@ def test_the_front_drops_dominated_models_and_the_choice_is_the_smallest_that_ke
     assert choose(rows, 0.8)["model"] == "r30"
     assert choose(sweep_rows(RESULTS, RATIOS, "med", "acc"), 0.9)["model"] == "r20"
     assert choose(rows, 1.0)["model"] == "base"
+
+
+def test_a_domain_without_the_metric_s_eval_set_is_refused_naming_the_setting():
+    without_docs = {label: {"params": r["params"], "domains": {"med": {**r["domains"]["med"], "bpb": None,
+                                                                        "bpb_ci": None}}}
+                    for label, r in RESULTS.items()}
+    with pytest.raises(ValueError, match=r"sweep\.metric='bpb': the eval sets of 'med' have no held-out documents"):
+        sweep_rows(without_docs, RATIOS, "med", "bpb")
+    assert [row["bpb"] for row in sweep_rows(without_docs, RATIOS, "med", "acc")] == [None] * len(RESULTS)
