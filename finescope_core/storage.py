@@ -39,6 +39,11 @@ def configure(protocol: str, **options: Any) -> None:
     _storage_options[protocol] = options
 
 
+def configured(protocol: str) -> dict[str, Any]:
+    """The fsspec options ``configure`` set for ``protocol`` (empty: none)."""
+    return dict(_storage_options.get(protocol, {}))
+
+
 def s3_options_from_env() -> dict[str, Any]:
     """S3 options read from the environment; credentials stay in the environment and are never copied to artifacts."""
     endpoint = os.environ.get("FINESCOPE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
@@ -48,7 +53,7 @@ def s3_options_from_env() -> dict[str, Any]:
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem that serves ``uri`` and the path inside it."""
     protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-    options = dict(_storage_options.get(protocol, {}))
+    options = configured(protocol)
     if protocol == "s3" and not options:
         options = s3_options_from_env()
     fs, path = fsspec.core.url_to_fs(uri, **options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 
 from finescope.tasks.caching import RETRY_IO, io_task, stage_cache_key
+from finescope.tasks.links import markdown_link
 from finescope.tasks.naming import field, named, stage_label
 from finescope.tasks.progress import show_progress_in_the_ui
 from prefect import get_run_logger, task
@@ -160,7 +161,7 @@ def with_plot(ref: Ref, caption: str) -> str:
     reach a file in the run's storage) and where the report's files lie."""
     image = base64.b64encode(storage.read_bytes(ref["info"]["png"])).decode()
     return (f"{storage.read_bytes(ref['info']['markdown']).decode()}\n\n![{caption}](data:image/png;base64,{image})"
-            f"\n\nFiles (JSON, Markdown, PNG): `{ref['uri']}`\n")
+            f"\n\nFiles (JSON, Markdown, PNG): {markdown_link(ref['uri'])}\n")
 
 
 @task
@@ -172,7 +173,8 @@ def publish_report(root: str, results: dict[str, Ref], title: str, speed: Ref | 
     ref = stages.report(root, results, title, speed, details, domains)
     stored = {label: {"model_uri": (models or {}).get(label, {}).get("uri"), "eval_uri": result["uri"]}
               for label, result in results.items()}
-    where = "\n".join(f"| {label} | `{uris['model_uri']}` | `{uris['eval_uri']}` |" for label, uris in stored.items())
+    where = "\n".join(f"| {label} | {markdown_link(uris['model_uri'])} | {markdown_link(uris['eval_uri'])} |"
+                      for label, uris in stored.items())
     create_markdown_artifact(f"{with_plot(ref, 'bits per byte and accuracy against size')}\n## In storage\n\n"
                              f"| model | model folder | evaluation |\n|---|---|---|\n{where}\n",
                              key="finescope-report", description=title)
