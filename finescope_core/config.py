@@ -61,7 +61,7 @@ class EvalDatasetConfig(StageConfig):
     domain: str = Field(description="The eval domain whose set this is (a name of eval_domains).")
     dataset: str = Field(
         description="A hub id (where a hub is reachable), a folder written by save_to_disk, or data files (.parquet, "
-        ".json, .jsonl, .csv; globs allowed)."
+        ".json, .jsonl, .csv, the last three also as .gz, .bz2, .xz or .zst; globs allowed)."
     )
     split: str = Field("test", description="The split to read.")
     id_column: str | None = Field(None, description="The column of unique item ids (None: the row number).")
@@ -91,8 +91,9 @@ class DataConfig(StageConfig):
     )
     dataset: str | None = Field(
         None, description="A Hugging Face dataset to curate from, instead of data.pool: a hub id (where a hub is "
-        "reachable), a folder written by save_to_disk, or data files (.parquet, .json, .jsonl, .csv; globs allowed). "
-        "It is streamed into Parquet shards under the run root, which then serve as the pool."
+        "reachable), a folder written by save_to_disk, or data files (.parquet, .json, .jsonl, .csv, the last three "
+        "also as .gz, .bz2, .xz or .zst; globs allowed). It is streamed into Parquet shards under the run root, "
+        "which then serve as the pool."
     )
     text: str = Field(
         "text", description="With data.dataset: the column that holds a document's text, or a template over columns "

@@ -22,14 +22,24 @@ from finescope_core.config import DataConfig
 
 SHARD_DOCS = 10_000
 BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}  # data files by suffix
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # text data files may be compressed: data.jsonl.gz
 SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
+
+
+def builder_of(path: str) -> str | None:
+    """The datasets builder that reads a data file, by its suffix under any compression (None: not a data file)."""
+    suffixes = Path(path).suffixes
+    compressed = bool(suffixes) and suffixes[-1] in COMPRESSIONS
+    if compressed:
+        suffixes = suffixes[:-1]
+    builder = BUILDERS.get(suffixes[-1]) if suffixes else None
+    return None if compressed and builder == "parquet" else builder  # Parquet compresses inside the file
 
 
 def data_files(source: str) -> list[str]:
     """The local data files a source names: a file, a glob, or a folder of data files (empty: not data files)."""
-    if Path(source).is_dir():
-        return sorted(str(path) for path in Path(source).iterdir() if path.suffix in BUILDERS)
-    return sorted(path for path in glob.glob(source) if Path(path).suffix in BUILDERS)
+    paths = [str(path) for path in Path(source).iterdir()] if Path(source).is_dir() else glob.glob(source)
+    return sorted(path for path in paths if builder_of(path))
 
 
 def is_saved_dataset(source: str) -> bool:
@@ -51,7 +61,7 @@ def open_rows(source: str, split: str, field: str = "data.dataset") -> Iterable[
         return loaded
     files = data_files(source)
     if files:
-        builders = {BUILDERS[Path(path).suffix] for path in files}
+        builders = {builder_of(path) for path in files}
         if len(builders) > 1:
             raise ValueError(f"{field}={source!r} mixes file kinds {sorted(builders)}; give files of one kind")
         return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=True)

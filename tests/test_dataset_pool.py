@@ -1,5 +1,6 @@
 """A pool from the datasets ecosystem: a local dataset, its text a template over columns, curated like any pool."""
 
+import gzip
 from pathlib import Path
 
 import datasets
@@ -8,6 +9,7 @@ import pytest
 
 from finescope_core import curation, storage
 from finescope_core.config import load_config
+from finescope_core.dataset_pool import import_dataset
 from finescope_core.formats import CURATED_FILE
 from finescope_core.preflight import InputError, check_run
 
@@ -66,3 +68,20 @@ def test_a_template_naming_a_missing_column_fails_before_any_work(tmp_path: Path
 def test_a_pool_and_a_dataset_together_are_refused(tmp_path: Path):
     with pytest.raises(ValueError, match=r"data\.pool and data\.dataset are two sources"):
         config(tmp_path / "run", str(tmp_path), pool=str(tmp_path))
+
+
+def test_compressed_data_files_are_read_and_other_files_beside_them_ignored(tmp_path: Path):
+    rows = questions(6)
+    (tmp_path / "data").mkdir()
+    rows.select(range(3)).to_json(str(tmp_path / "part-0.jsonl"))
+    rows.select(range(3, 6)).to_json(str(tmp_path / "part-1.jsonl"))
+    for part in ("part-0", "part-1"):
+        (tmp_path / "data" / f"{part}.jsonl.gz").write_bytes(gzip.compress((tmp_path / f"{part}.jsonl").read_bytes()))
+    (tmp_path / "data" / "README.md").write_text("not data")
+    run = config(tmp_path / "run", str(tmp_path / "data"))
+    check_run(run, needs_eval=False, needs_seeds=False)
+
+    import_dataset(run.data, str(tmp_path / "out"))
+    imported = pq.read_table(tmp_path / "out" / "shard-00000.parquet").to_pylist()
+    assert [doc["doc_id"] for doc in imported] == rows["qid"]
+    assert imported[4]["text"] == f"Q: {rows[4]['question']}\nA: {rows[4]['answer']}"
