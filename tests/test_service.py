@@ -138,7 +138,7 @@ def service(tmp_path_factory, repo: Path, free_port, postgres: str):
             process.terminate()
         for process in processes:
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=10)  # nothing left to save: each test has read what it needs
             except subprocess.TimeoutExpired:
                 process.kill()
 
