@@ -106,6 +106,18 @@ def prune(args: argparse.Namespace) -> None:
     print(f"Pruned: {ref['model_uri']} ({info['params_before']:,} -> {info['params_after']:,} parameters)")
 
 
+def evaluate(args: argparse.Namespace) -> None:
+    from finescope_core.preflight import check_run
+
+    config = _flow_config(args, {"model.name": args.model})
+    check_run(config, needs_seeds=False, prunes=False)
+    _before_flow(args, config.output)
+    from finescope.flows.evaluate import evaluate as evaluate_flow
+
+    info = evaluate_flow(config)
+    print(f"Report: {info['markdown']}")
+
+
 def sweep(args: argparse.Namespace) -> None:
     from finescope_core.config import load_config
     from finescope_core.preflight import check_run
@@ -144,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     pru.add_argument("--model", help="model name, local folder or hub id (default: the config's)")
     pru.add_argument("--calibration", help="Parquet file with a text column (default: run curate first)")
     pru.add_argument("--ratio", type=float, help="fraction of all parameters to remove")
+    ev = _flow_command(commands, "evaluate", "score one model on the eval sets (bits per byte, accuracy, speed)",
+                       evaluate)
+    ev.add_argument("--model", help="model name, local folder or hub id (default: the config's)")
     return root
 
 

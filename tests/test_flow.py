@@ -105,3 +105,18 @@ def test_sweep_prunes_and_recovers_at_each_ratio_and_picks_the_smallest_that_kee
     assert summary["chosen"] == min(kept, key=lambda row: row["params"])["model"]
     assert f"Chosen: {summary['chosen']}" in done.stdout
     assert sweep_md.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_scores_one_model_on_an_eval_set_read_from_a_dataset(tmp_path: Path, finescope):
+    questions = [f"Which organ is affected in case {i}?" for i in range(6)]
+    (tmp_path / "items.jsonl").write_text("".join(
+        json.dumps({"question": q, "options": ["heart", "lung", "liver"], "gold": i % 3}) + "\n"
+        for i, q in enumerate(questions)))
+    entry = {"domain": "medicine", "dataset": str(tmp_path / "items.jsonl"), "choices": "options", "answer": "gold"}
+    done = finescope("evaluate", "--config", "configs/tiny.yaml", "--out", str(tmp_path / "run"),
+                     "--set", f"data.eval_datasets={json.dumps([entry])}")
+    report = Path(next(line for line in done.stdout.splitlines() if line.startswith("Report: ")).split(": ", 1)[1])
+    medicine = json.loads(report.with_suffix(".json").read_text())["models"]["tiny-random-llama"]["domains"]["medicine"]
+    assert medicine["n_mc"] == 6 and medicine["n_docs"] == 0 and medicine["bpb"] is None
+    assert 0 <= medicine["acc"] <= 1
+    assert "| tiny-random-llama |" in report.read_text()
