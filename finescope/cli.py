@@ -124,7 +124,7 @@ def sweep(args: argparse.Namespace) -> None:
 
     given = {"sweep.ratios": args.ratios, "sweep.keep": args.keep, "sweep.metric": args.metric}
     config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | _overrides(args.set))
-    check_run(config)
+    check_run(config, sweeps=True)
     _before_flow(args, config.output)
     from finescope.flows.sweep import sweep as sweep_flow
 

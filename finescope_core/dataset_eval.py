@@ -115,22 +115,23 @@ def cloze_item(entry: EvalDatasetConfig, row: dict, number: int, field: str) -> 
     return cloze(item_id, context, choices, answer)
 
 
-def record(entry: EvalDatasetConfig, row: dict, number: int, field: str) -> dict | None:
-    """One row as a record of the entry's file: None for an unusable item or a blank document."""
+def record(entry: EvalDatasetConfig, row: dict, number: int, field: str, source: str) -> dict | None:
+    """One row as a record of the entry's file, from ``source``: None for an unusable item or a blank document."""
     if entry.choices:
         item = cloze_item(entry, row, number, field)
         if item is None:
             return None
         return {"item_id": item.item_id, "context": item.context, "choices": list(item.choices),
-                "answer": item.answer, "source": source_name(entry)}
+                "answer": item.answer, "source": source}
     text = document_text(entry.text, row, f"{field}.text")
     doc_id = row_id(entry.id_column, row, number, f"{field}.id_column")
-    return {"doc_id": doc_id, "text": text, "source": source_name(entry)} if text.strip() else None
+    return {"doc_id": doc_id, "text": text, "source": source} if text.strip() else None
 
 
 def eval_table(entry: EvalDatasetConfig, field: str) -> tuple[pa.Table, int]:
     """The entry's eval set as a table of its file's schema, and the number of rows skipped."""
-    records = [record(entry, row, number, field) for number, row in enumerate(rows_of(entry, field))]
+    source = source_name(entry)
+    records = [record(entry, row, number, field, source) for number, row in enumerate(rows_of(entry, field))]
     kept = [r for r in records if r is not None]
     if not kept:
         raise ValueError(f"{field}: {entry.dataset!r} gives no usable {'item' if entry.choices else 'document'}")
@@ -163,4 +164,4 @@ def check_eval_dataset(entry: EvalDatasetConfig, index: int) -> None:
     first = next(iter(rows_of(entry, field)), None)
     if first is None:
         raise ValueError(f"{field}.dataset={entry.dataset!r} is empty")
-    record(entry, first, 0, field)
+    record(entry, first, 0, field, source_name(entry))

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from finescope_core import storage
 from finescope_core.config import RunConfig
-from finescope_core.dataset_eval import check_eval_dataset
+from finescope_core.dataset_eval import check_eval_dataset, file_of
 from finescope_core.dataset_pool import check_dataset
 from finescope_core.formats import MC_FILE, REQUIRED_DOC_COLUMNS, TEXT_FILE
 from finescope_core.models import resolve
@@ -28,7 +28,8 @@ class InputError(ValueError):
     """Input that cannot run; the message names the field or file and the fix."""
 
 
-def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = True, prunes: bool = True) -> None:
+def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = True, prunes: bool = True,
+              sweeps: bool = False) -> None:
     """Raise an ``InputError`` (or FileNotFoundError/PermissionError) naming the field if ``config`` cannot run."""
     if needs_seeds:
         read_seeds(config.select.seeds)
@@ -50,6 +51,8 @@ def check_run(config: RunConfig, needs_eval: bool = True, needs_seeds: bool = Tr
                          f"{config.data.max_pool_docs}; lower the budget or raise max_pool_docs")
     if needs_eval:
         check_eval_sets(config)
+    if sweeps:
+        check_sweep_metric(config)
     check_model(config, prunes)
     check_device(config.model.device)
     try:
@@ -174,6 +177,21 @@ def check_eval_sets(config: RunConfig) -> None:
                              f"{domain}/mc.parquet or {domain}/text.parquet); add one or drop the domain")
         for name in files:
             parquet_metadata(storage.join(uri, domain, name), "data.eval_sets")
+
+
+def check_sweep_metric(config: RunConfig) -> None:
+    """The target domain has the eval set that ``sweep.metric`` is measured on (the demo corpus builds both)."""
+    bpb = config.sweep.metric == "bpb"
+    name, kind = (TEXT_FILE, "held-out documents") if bpb else (MC_FILE, "multiple-choice items")
+    if config.data.eval_datasets:
+        present = any(entry.domain == config.domain and file_of(entry) == name for entry in config.data.eval_datasets)
+    elif config.data.eval_sets:
+        present = storage.exists(storage.join(config.data.eval_sets, config.domain, name))
+    else:
+        return
+    if not present:
+        raise InputError(f"sweep.metric={config.sweep.metric!r}: the eval sets of {config.domain!r} have no {kind}; "
+                         "choose the other metric or add the set")
 
 
 def check_model(config: RunConfig, prunes: bool) -> None:

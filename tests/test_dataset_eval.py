@@ -116,6 +116,14 @@ def test_a_bad_entry_fails_before_any_work_naming_its_field(tmp_path: Path, chan
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sweep_on_a_metric_its_domain_has_no_set_for_fails_before_any_work(tmp_path: Path):
+    run = config(tmp_path, entries(layouts(tmp_path))[:3], ["medicine"])  # medicine: multiple choice only
+    with pytest.raises(InputError, match=r"sweep\.metric='bpb': the eval sets of 'medicine' have no held-out"):
+        check_run(run, sweeps=True)
+    assert not (tmp_path / "run").exists()
+    check_run(run.model_copy(update={"sweep": run.sweep.model_copy(update={"metric": "acc"})}), sweeps=True)
+
+
 def test_every_eval_domain_needs_an_entry_and_each_entry_one_kind(tmp_path: Path):
     sources = layouts(tmp_path)
     with pytest.raises(InputError, match=r"eval_domains: no entry of data\.eval_datasets for \['science'\]"):
