@@ -68,7 +68,17 @@ def open_rows(source: str, split: str, field: str = "data.dataset") -> Iterable[
     if Path(source).exists():
         raise ValueError(f"{field}={source!r} holds no dataset: give a save_to_disk folder or "
                          f"{'/'.join(BUILDERS)} files")
+    if is_local_path(source):
+        raise FileNotFoundError(f"{field}={source!r}: no such folder or data file; check the path (a hub id is "
+                                "'owner/name')")
     return datasets.load_dataset(source, split=split, streaming=True)  # a hub id
+
+
+def is_local_path(source: str) -> bool:
+    """Whether ``source`` can only be a local path, never a hub id (``owner/name`` or ``name``): it is absolute or
+    relative to a folder, a glob, has more than one ``/``, or ends like a data file."""
+    return (source.startswith(("/", "./", "../", "~")) or any(char in source for char in "*?[")
+            or source.count("/") > 1 or builder_of(source) is not None)
 
 
 def document_text(template: str, row: dict, field: str = "data.text") -> str:

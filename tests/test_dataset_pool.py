@@ -85,3 +85,11 @@ def test_compressed_data_files_are_read_and_other_files_beside_them_ignored(tmp_
     imported = pq.read_table(tmp_path / "out" / "shard-00000.parquet").to_pylist()
     assert [doc["doc_id"] for doc in imported] == rows["qid"]
     assert imported[4]["text"] == f"Q: {rows[4]['question']}\nA: {rows[4]['answer']}"
+
+
+@pytest.mark.parametrize("source", ["/nonexistent/notes.jsonl", "notes/*.jsonl", "notes.csv.gz", "corpora/med/notes"])
+def test_a_mistyped_local_path_is_named_as_such_not_sent_to_the_hub(tmp_path: Path, source: str):
+    run = config(tmp_path / "run", source)
+    with pytest.raises(InputError, match=r"data\.dataset='.*': no such folder or data file; check the path"):
+        check_run(run, needs_eval=False)
+    assert not (tmp_path / "run").exists()
