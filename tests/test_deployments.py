@@ -115,3 +115,5 @@ def test_the_compose_file_runs_the_server_on_postgresql_with_pinned_images(repo:
     assert compose["server"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert compose["worker"]["build"]["dockerfile"] == "docker/Dockerfile"
     assert compose["worker"]["environment"]["PREFECT_API_URL"] == "http://server:4200/api"
+    assert compose["worker"]["depends_on"]["server"]["condition"] == "service_healthy"  # not before the API answers
+    assert "http://localhost:4200/api/health" in " ".join(compose["server"]["healthcheck"]["test"])
