@@ -25,6 +25,7 @@ from finescope_core.corpus.records import cloze
 from finescope_core.dataset_pool import (
     data_files,
     document_text,
+    first_row,
     is_saved_dataset,
     open_rows,
     row_id,
@@ -161,7 +162,4 @@ def check_eval_dataset(entry: EvalDatasetConfig, index: int) -> None:
     """Open the entry's dataset and build its first row: a bad source, split, column, template or answer fails here,
     before any work."""
     field = field_of(index)
-    first = next(iter(rows_of(entry, field)), None)
-    if first is None:
-        raise ValueError(f"{field}.dataset={entry.dataset!r} is empty")
-    record(entry, first, 0, field, source_name(entry))
+    record(entry, first_row(entry.dataset, entry.split, f"{field}.dataset"), 0, field, source_name(entry))

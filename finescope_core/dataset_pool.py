@@ -144,11 +144,17 @@ def import_dataset(cfg: DataConfig, out_uri: str, shard_docs: int = SHARD_DOCS) 
     return {"n_docs": len(seen) - skipped, "shards": shards, "skipped_blank": skipped}
 
 
+def first_row(source: str, split: str, field: str = "data.dataset") -> dict:
+    """The dataset's first row, read without loading the rest (what the preflight checks build on)."""
+    first = next(iter(open_rows(source, split, field)), None)
+    if first is None:
+        raise ValueError(f"{field}={source!r} is empty")
+    return first
+
+
 def check_dataset(cfg: DataConfig) -> None:
     """Open the dataset and render its first row's text: a bad source, split, column or template fails here, before
     any work."""
-    first = next(iter(open_rows(cfg.dataset, cfg.split)), None)
-    if first is None:
-        raise ValueError(f"data.dataset={cfg.dataset!r} is empty")
+    first = first_row(cfg.dataset, cfg.split)
     document_text(cfg.text, first)
     row_id(cfg.id_column, first, 0)
