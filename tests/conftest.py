@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import httpx
 import pytest
 import torch
+from prefect.testing.utilities import prefect_test_harness
 
 torch.set_num_threads(1)
 
@@ -129,6 +130,14 @@ def prefect_server() -> Callable[[Path, int, dict[str, str]], contextlib.Abstrac
     """``prefect_server(home, port, settings)``: a Prefect server of a test's own for a ``with`` block; yields its
     address."""
     return _prefect_server
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary server on SQLite) for a module's flows. It waits up to 180 s for the server
+    to start, not the harness's default 30 s, which a 2-core CI runner busy with the other test worker can miss."""
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 def _answers(url: str) -> bool:

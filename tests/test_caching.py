@@ -8,7 +8,6 @@ import pyarrow as pa
 import pytest
 from finescope.tasks.stages import build_corpus, curate_documents, load_seeds, sample_pool
 from prefect import flow
-from prefect.testing.utilities import prefect_test_harness
 
 from finescope_core import stages, storage
 from finescope_core.config import DataConfig, DumpConfig, EvalConfig, ModelConfig, SelectConfig
@@ -44,12 +43,6 @@ def curate_at_random(root: str, data: DataConfig, seeds_path: str, budget: int) 
 
 def curated_texts(ref: dict) -> list[str]:
     return storage.read_parquet(storage.join(ref["uri"], "curated.parquet"))["text"].to_pylist()
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness():
-        yield
 
 
 def run(data: dict[str, str], budget: int = len(NOTES)) -> dict:
