@@ -13,13 +13,16 @@ it, tens of times slower, and recover.precision=auto trains in float32.
 Speed: each variant trains its own copy for --steps steps on one thread, the variants taking turns every step so the
 machine's load hits all alike (the first round is a warm-up). Faithfulness: each variant's gradient at the pruned
 weights, on two batches, against fp32's (cosine over the weights all variants train). The fastest variant is timed
-on 1 and 2 threads, alternately, and the teacher's body forward alone is timed (the share of a step that caching its
-outputs for repeated windows would save). Quality: fp32 and the fastest each recover a fresh copy for
+on 1 and 2 threads, alternately, and the teacher's body forward alone is timed (its share of a step). Teacher cache:
+the library's step trains two fresh copies over the config's whole budget (recover.tokens, its window order), one
+keeping the teacher's states of windows seen (``recover.teacher_cache_gb``, the default) and one computing them every
+step, alternating steps; --quick trains half the budget. Quality: fp32 and the fastest each recover a fresh copy for
 --quality-steps steps (the library's schedule and window order), alternating, and are scored by held-out bits per
 byte on the domain's eval documents. "best" is the fastest if it wins back at least 95% of the bits per byte that
 fp32 wins back, else fp32.
 Last line: {"fp32_tok_s": x, "best_tok_s": x, "best": "...", "speedup": x, "tok_s": {...}, "grad_cosine": {...},
-"threads": {"1": x, "2": x}, "teacher_share": x, "heldout_bpb": {"pruned": x, "fp32": x, FASTEST: x}}.
+"threads": {"1": x, "2": x}, "teacher_share": x, "teacher_cache": {"tok_s": x, "uncached_tok_s": x, "speedup": x,
+"epochs": x}, "heldout_bpb": {"pruned": x, "fp32": x, FASTEST: x}}.
 """
 
 from __future__ import annotations
@@ -40,7 +43,14 @@ from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.formats import CURATED_FILE
 from finescope_core.models import load_model, load_tokenizer
 from finescope_core.precision import bfloat16_is_native
-from finescope_core.recover import Distiller, reference_loss, trainable_student, training_windows, window_order
+from finescope_core.recover import (
+    Distiller,
+    plan_steps,
+    reference_loss,
+    trainable_student,
+    training_windows,
+    window_order,
+)
 
 
 class PlainDistiller(Distiller):
@@ -89,6 +99,20 @@ def teacher_seconds(trainer: Distiller, batches: list[torch.Tensor]) -> float:
     return statistics.median(times)
 
 
+def teacher_cache_speed(make_trainer, windows: torch.Tensor, cfg: RecoverConfig, steps: int) -> dict:
+    """Tokens per second over ``steps`` of the budget's window order, with the teacher's states kept and computed
+    every step, the two taking turns every step (the first round a warm-up)."""
+    order = window_order(len(windows), steps, cfg.batch_sequences, cfg.seed)
+    trainers = {"kept": make_trainer(cfg, steps), "computed": make_trainer(cfg.model_copy(update={
+        "teacher_cache_gb": 0.0}), steps)}
+    times = timed_rounds(trainers, [windows[order[step]] for step in range(steps)])
+    tokens = cfg.batch_sequences * cfg.sequence_tokens
+    tok_s = {name: tokens * len(runs) / sum(runs) for name, runs in times.items()}
+    return {"tok_s": round(tok_s["kept"], 1), "uncached_tok_s": round(tok_s["computed"], 1),
+            "speedup": round(tok_s["kept"] / tok_s["computed"], 3),
+            "epochs": round(steps * cfg.batch_sequences / len(windows), 2)}
+
+
 def timed_rounds(trainers: dict[str, Distiller], batches: list[torch.Tensor], threads: dict[str, int] | None = None):
     """Per trainer, the seconds of each step after the first (a warm-up), the trainers taking turns every step."""
     times: dict[str, list[float]] = {name: [] for name in trainers}
@@ -119,7 +143,7 @@ def main() -> None:
     pruned = stages.pruned(config.output, model_ref, refs["curated"], CURATED_FILE, config.prune, "cpu")
     student_dir, teacher_dir = stages.model_folder(pruned), model_ref["uri"]
     tokenizer = load_tokenizer(teacher_dir)
-    cfg = RecoverConfig()
+    cfg = config.recover
     texts = storage.read_parquet(storage.join(refs["curated"]["uri"], CURATED_FILE), ["text"])["text"]
     windows = training_windows(tokenizer, texts.to_pylist(), cfg.sequence_tokens)
     batches = [windows[torch.arange(i * cfg.batch_sequences, (i + 1) * cfg.batch_sequences) % len(windows)]
@@ -127,9 +151,9 @@ def main() -> None:
     native = bfloat16_is_native("cpu")
     teachers = {precision: load_model(teacher_dir, dtype=precision) for precision in ("float32", "bfloat16")}
 
-    def trainer(name: str, steps_planned: int) -> Distiller:
+    def trainer(name: str, steps_planned: int, base: RecoverConfig = cfg) -> Distiller:
         kind, precision, train_vocabulary = VARIANTS[name]
-        variant = cfg.model_copy(update={"precision": precision})
+        variant = base.model_copy(update={"precision": precision})
         student = trainable_student(load_model(student_dir), variant)
         student.get_input_embeddings().weight.requires_grad_(train_vocabulary)
         return kind(student, teachers[precision], variant, steps_planned, "cpu")
@@ -150,6 +174,9 @@ def main() -> None:
     thread_tok_s = {n: tokens / statistics.median(runs) for n, runs in threads.items()}
     teacher_share = teacher_seconds(trainers[fastest], batches) / statistics.median(times[fastest])
     del trainers
+    budget_steps = plan_steps(cfg) // (2 if args.quick else 1)
+    library_step = "fused_bf16" if native else "fused_fp32"  # what recover.precision=auto trains with
+    cache = teacher_cache_speed(lambda base, n: trainer(library_step, n, base), windows, cfg, budget_steps)
 
     docs = read_docs(corpus["eval"], args.domain, 60)
     order = window_order(len(windows), quality_steps, cfg.batch_sequences, cfg.seed)
@@ -170,6 +197,8 @@ def main() -> None:
         print(f"{name:<12}{tok_s[name]:>8.0f}{tok_s[name] / tok_s['fp32']:>8.2f}{cosine[name]:>13.4f}")
     print(f"fastest: {fastest}; threads 1: {thread_tok_s['1']:.0f} tok/s, 2: {thread_tok_s['2']:.0f} tok/s; the "
           f"teacher's body is {teacher_share:.0%} of its step")
+    print(f"teacher cache over {budget_steps} steps ({cache['epochs']} passes over {len(windows)} windows): "
+          f"{cache['tok_s']:.0f} tok/s kept, {cache['uncached_tok_s']:.0f} computed every step (x{cache['speedup']})")
     print(f"held-out bpb after {quality_steps} steps: " + ", ".join(f"{k} {v:.4f}" for k, v in bpb.items())
           + f"; {fastest} wins back {kept:.0%} of what fp32 does, so best: {best}")
     print(json.dumps({"fp32_tok_s": round(tok_s["fp32"], 1), "best_tok_s": round(tok_s[best], 1), "best": best,
@@ -177,7 +206,7 @@ def main() -> None:
                       "tok_s": {k: round(v, 1) for k, v in tok_s.items()},
                       "grad_cosine": {k: round(v, 4) for k, v in cosine.items()},
                       "threads": {k: round(v, 1) for k, v in thread_tok_s.items()},
-                      "teacher_share": round(teacher_share, 3),
+                      "teacher_share": round(teacher_share, 3), "teacher_cache": cache,
                       "heldout_bpb": {k: round(v, 4) for k, v in bpb.items()}}))
 
 

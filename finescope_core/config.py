@@ -327,6 +327,11 @@ class RecoverConfig(StageConfig):
         "optimiser state stay float32; the teacher runs in bfloat16), float32 throughout, or auto: bfloat16 where "
         "the device computes it natively (GPUs, CPUs with AVX-512 BF16, AMX or Arm BF16), float32 elsewhere."
     )
+    teacher_cache_gb: float = Field(
+        1.0, ge=0, description="Memory that keeps the teacher's last hidden states of windows already seen, so that a "
+        "window seen again (the text repeats when it is shorter than the budget) skips the teacher's forward pass; "
+        "the model trained is the same. 0 computes them every time."
+    )
     checkpoints: int = Field(
         4, ge=0, description="Checkpoints written during training, evenly spaced, beside the artifact: a killed or "
         "retried run (on any worker) resumes from the last one."

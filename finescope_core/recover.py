@@ -178,6 +178,39 @@ def _autocast(device: str, precision: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+class TeacherStates:
+    """The teacher body's last hidden states of each window, kept once computed (up to ``capacity_bytes``) for when
+    the window comes back: the text repeats when it is shorter than the budget, and its windows are the same in every
+    pass. Exact, as the frozen teacher head turns the same states into the same logits; windows past the capacity are
+    computed each time they come."""
+
+    def __init__(self, body: torch.nn.Module | None, capacity_bytes: int):
+        self.body, self.capacity_bytes = body, capacity_bytes
+        self.kept: dict[bytes, torch.Tensor] = {}
+        self.kept_bytes = 0
+        self.computed = 0  # windows the teacher body ran on
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The states of ``inputs`` (``batch x tokens`` ids), flattened to ``(batch * tokens) x hidden``."""
+        keys = [row.cpu().numpy().tobytes() for row in inputs]
+        states = {key: self.kept[key] for key in keys if key in self.kept}
+        fresh: dict[bytes, int] = {}  # a window not kept -> its first row in the batch
+        for row, key in enumerate(keys):
+            if key not in states:
+                fresh.setdefault(key, row)
+        if fresh:
+            rows = list(fresh.values())
+            computed = self.body(input_ids=inputs[rows], use_cache=False).last_hidden_state
+            self.computed += len(rows)
+            for key, window_states in zip(fresh, computed, strict=True):
+                states[key] = window_states
+                if self.kept_bytes + window_states.nbytes <= self.capacity_bytes:
+                    self.kept[key] = window_states.clone()  # not a view holding the whole batch
+                    self.kept_bytes += window_states.nbytes
+        return torch.stack([states[key] for key in keys]).flatten(0, 1)
+
+
 class Distiller:
     """One optimiser step of recovery: teacher body (no grad), student body, fused head and loss, clipped update."""
 
@@ -185,6 +218,7 @@ class Distiller:
         self.student, self.teacher, self.cfg, self.device = student, teacher, cfg, device
         self.body, self.head = decoder_and_head(student)
         self.teacher_body, self.teacher_head = decoder_and_head(teacher) if teacher is not None else (None, None)
+        self.teacher_states = TeacherStates(self.teacher_body, int(cfg.teacher_cache_gb * 2**30))
         self.precision = resolve_precision(cfg.precision, device)
         self.dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         self.params = [p for p in student.parameters() if p.requires_grad]
@@ -199,10 +233,7 @@ class Distiller:
     def loss(self, windows: torch.Tensor) -> torch.Tensor:
         """The recovery loss on ``windows`` (``batch x (sequence_tokens + 1)`` ids), ready for backward."""
         inputs, labels = windows[:, :-1].to(self.device), windows[:, 1:].reshape(-1).to(self.device)
-        teacher_hidden = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_hidden = self.teacher_body(input_ids=inputs, use_cache=False).last_hidden_state.flatten(0, 1)
+        teacher_hidden = self.teacher_states(inputs) if self.teacher is not None else None
         with _autocast(self.device, self.precision):
             hidden = self.body(input_ids=inputs, use_cache=False).last_hidden_state.flatten(0, 1)
         teacher_weight = self.teacher_head.weight if self.teacher is not None else None
@@ -282,5 +313,6 @@ def recover(student_dir: str | Path, teacher_dir: str | Path | None, texts: Sequ
     return {"steps": steps, "supervised_tokens": steps * cfg.batch_sequences * cfg.sequence_tokens,
             "windows": len(windows), "epochs": round(steps * cfg.batch_sequences / len(windows), 3),
             "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4), "resumed_at": first_step,
+            "teacher_windows_computed": distiller.teacher_states.computed,
             "loss": "distillation" if cfg.lm_weight == 0 else ("lm" if cfg.lm_weight == 1 else "mixed"),
             "precision": distiller.precision}

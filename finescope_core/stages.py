@@ -443,7 +443,7 @@ def recovered(root: str, pruned_ref: Ref, teacher: Ref, texts: Ref, filename: st
     inputs = {"pruned": pruned_ref, "texts": texts, "file": filename, **({"teacher": teacher} if distils else {}),
               **numerics(device)}
     return with_model(run_stage(root, "recovered", inputs, cfg, work,
-                                ignore=frozenset({"checkpoints"})))  # the same model either way
+                                ignore=frozenset({"checkpoints", "teacher_cache_gb"})))  # the same model either way
 
 
 def evaluation(root: str, model: Ref, eval_ref: Ref, domains: list[str], cfg: EvalConfig,

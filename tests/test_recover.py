@@ -118,6 +118,19 @@ def test_recovery_moves_the_student_toward_the_teacher(tiny_model, student, tmp_
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_the_teacher_runs_once_per_window_and_the_model_trained_is_the_same(tiny_model, student, tmp_path):
+    cfg = CFG.model_copy(update={"tokens": 32 * 4 * 24})  # about three passes over the windows
+    kept = recover(student, tiny_model, TEXTS, tmp_path / "kept", cfg, str(tmp_path / "ckpt-kept"))
+    uncached = cfg.model_copy(update={"teacher_cache_gb": 0.0})
+    computed = recover(student, tiny_model, TEXTS, tmp_path / "computed", uncached, str(tmp_path / "ckpt-computed"))
+    assert kept["epochs"] > 2.5
+    assert kept["teacher_windows_computed"] == kept["windows"]
+    assert computed["teacher_windows_computed"] == computed["steps"] * cfg.batch_sequences
+    assert kept["last_loss"] == pytest.approx(computed["last_loss"], rel=1e-5)
+    trained = [load_model(tmp_path / name).state_dict() for name in ("kept", "computed")]
+    assert all(torch.allclose(trained[0][name], trained[1][name], atol=1e-6) for name in trained[0])
+
+
 def test_plain_language_modelling_needs_no_teacher(tiny_model, student, tmp_path):
     cfg = CFG.model_copy(update={"lm_weight": 1.0, "tokens": 256})
     assert recover(student, None, TEXTS, tmp_path / "out", cfg, str(tmp_path / "ckpt"))["loss"] == "lm"

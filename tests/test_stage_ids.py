@@ -64,6 +64,7 @@ AFFECTS: dict[str, set[str]] = {
     **{f"distill.{name}": {"distilled"} for name in ("max_examples", "max_new_tokens", "generation_batch")},
     "recover.targets": {"recovered", "distilled", "report"},  # to curated: no rewrites made or reported
     "recover.checkpoints": set(),  # how often to save, not what is trained
+    "recover.teacher_cache_gb": set(),  # whether the teacher's states are kept or computed again, not what is trained
     **{f"recover.{name}": {"recovered"} for name in (
         "tokens", "lm_weight", "temperature", "method", "lora_rank", "lr", "warmup", "grad_clip", "sequence_tokens",
         "batch_sequences", "precision", "seed")},
