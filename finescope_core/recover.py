@@ -7,12 +7,13 @@ than one id. The two terms do different work: the KL pulls the student back towa
 knew (off the domain too), while the next-token term fits the domain's own text beyond the teacher; an even mix
 keeps most of both (the README's status has the measurements, made on medicine).
 
-Speed on CPU comes from three choices, measured by ``bench/train_speed.py``:
+Speed on CPU comes from four choices, measured by ``bench/train_speed.py``:
 - bfloat16 autocast for the student and a bfloat16 teacher (float32 master weights and optimiser state);
 - the output head and the loss run in one chunked pass (:class:`FusedHeadLoss`): the tokens x vocabulary logits of
   student and teacher only ever exist one chunk at a time, and the vocabulary matrices (which pruning leaves
   untouched) are frozen, so the head's backward is a single product;
-- nothing but the last hidden states of the teacher is computed beyond its body.
+- nothing but the last hidden states of the teacher is computed beyond its body;
+- those states are kept per window (:class:`TeacherStates`), so a window the text brings back costs no teacher pass.
 
 Training state is checkpointed beside the artifact (any fsspec URI) every few steps, so a killed or retried run on
 any worker resumes where the last checkpoint left off. The result is a plain transformers folder.
