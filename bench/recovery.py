@@ -13,7 +13,8 @@ domain: --mc-items cloze items and --ppl-docs held-out documents (256 tokens eac
 general documents. Per item and document the seeds are averaged; every interval is a 95% bootstrap over items or
 documents, and each "vs_X" is the arm minus X, paired on the same units. Scoring and training run in bfloat16
 autocast where the CPU computes it natively, in float32 elsewhere (every model alike). Jobs run in --workers
-processes of one thread each; every stage is cached under --output, so a rerun resumes.
+processes (each job on one thread; the stages every domain shares run first, on every core); every stage is cached
+under --output, so a rerun resumes.
 The recipe's defaults (learning rate, budget, LM weight) were tuned on medicine, which is not among the default
 domains.
 Last line: {DOMAIN: {"base": {"bpb", "acc"}, "pruned": {...}, ARM: {"bpb", "acc", "gap_closed",
@@ -48,8 +49,10 @@ OFF_DOMAIN = "general"
 RESAMPLES = 2000
 
 
-def prepare(config: RunConfig, domain: str, arms: list[str]) -> dict:
-    """The domain's pruned model and the training text of each arm asked for (each a cached stage)."""
+def prepare(config: RunConfig, domain: str, arms: list[str], threads: int) -> dict:
+    """The domain's pruned model and the training text of each arm asked for (each a cached stage), computed on
+    ``threads`` threads: the workers' share of the cores, as more threads than cores slow generation down."""
+    torch.set_num_threads(threads)
     model, corpus, refs = curated_refs(config, domain)
     pruned = stages.pruned(config.output, model, refs["curated"], CURATED_FILE, config.prune, "cpu")
     texts = {arm: (selection(config, domain, corpus, refs, arm), CURATED_FILE)
@@ -188,16 +191,17 @@ def main() -> None:
     config = load_config(args.config, overrides)
     evaluation = config.eval.model_copy(update={"mc_items": args.mc_items, "ppl_docs": args.ppl_docs,
                                                 "max_tokens": 256, "precision": "auto"})
-    torch.set_num_threads(1)
-    curated_refs(config, args.domains[0])  # the stages every domain shares, once, before the workers start
+    curated_refs(config, args.domains[0])  # the stages every domain shares, once, on every core, before the workers
     context = multiprocessing.get_context("spawn")
+    threads = max(1, torch.get_num_threads() // min(args.workers, len(args.domains)))
     with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
         preps = dict(zip(args.domains, pool.map(prepare, [config] * len(args.domains), args.domains,
-                                                 [args.arms] * len(args.domains))))
-        jobs = [(domain, arm, seed) for domain in args.domains for arm in ("model", "pruned")
-                for seed in (0,)]
-        jobs += [(domain, arm, seed) for seed in range(args.seeds) for domain in args.domains for arm in args.arms
-                 if arm != "dense_curated" or seed < args.dense_seeds]
+                                                 [args.arms] * len(args.domains), [threads] * len(args.domains))))
+        # the arms' jobs (training and scoring) first, the base and pruned models' (scoring only) last: the short
+        # jobs fill the time a worker would otherwise wait for the other's last long one
+        jobs = [(domain, arm, seed) for seed in range(args.seeds) for domain in args.domains for arm in args.arms
+                if arm != "dense_curated" or seed < args.dense_seeds]
+        jobs += [(domain, arm, 0) for domain in args.domains for arm in ("model", "pruned")]
         done = pool.map(job, *zip(*[(config, preps[d], d, a, s, args.tokens, evaluation) for d, a, s in jobs]))
         units: dict[str, dict[str, list[dict]]] = {d: {} for d in args.domains}
         for domain, arm, _, result in done:
