@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from finescope_core import stages, storage
 from finescope_core.addressing import stage_fingerprint
 from finescope_core.config import RunConfig
+from finescope_core.precision import resolve_precision
 
 RUN = "corpus pool seeds acts sae embeddings curated pruned distilled recovered eval speed report sweep".split()
 NUMERICS = {"acts", "sae", "embeddings", "pruned", "distilled", "recovered", "eval", "speed"}  # run on the device
@@ -206,7 +207,9 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
         "data.demo.domains": ["medicine", "general"],
         "dump.layers": [1],
         "select.seeds": str(repo / "seeds" / "math.jsonl"), "eval.harness_tasks": ["arc_easy"],
-        "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786"}
+        "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786",
+        # "auto" resolves by the machine: the other explicit arithmetic is a change on every machine
+        "recover.precision": "float32" if resolve_precision("auto", "cpu") == "bfloat16" else "bfloat16"}
     assert set(fields(base)) == set(AFFECTS), "enter each new config field in AFFECTS"
 
     before = recorded(base)
