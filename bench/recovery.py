@@ -1,6 +1,7 @@
 """Recovery bench: how much of what pruning lost distillation wins back, by training text, at equal tokens.
 
-Usage: .venv/bin/python bench/recovery.py [--domains science code] [--seeds 3] [--tokens N] [--workers 2] [--quick]
+Usage: .venv/bin/python bench/recovery.py [--domains science code] [--seeds 3] [--tokens N] [--workers 2]
+[--set KEY=VALUE (a recovery setting)] [--quick]
 Per domain, from the demo config (with --pool-docs and --budget): the pool is curated with SAE codes (FineScope),
 with MiniLM and at random, at the same budget; the base model is pruned on the SAE-curated text; the curated set is
 self-distilled. Arms, each at --tokens supervised tokens with the library's recipe (``RecoverConfig``):
@@ -17,10 +18,10 @@ processes (each job on one thread; the stages every domain shares run first, on 
 under --output, so a rerun resumes.
 The recipe's defaults (learning rate, budget, LM weight) were tuned on medicine, which is not among the default
 domains.
-Last line: {DOMAIN: {"base": {"bpb", "acc"}, "pruned": {...}, ARM: {"bpb", "acc", "gap_closed",
-"gap_closed_by_source": {SOURCE: [m, lo, hi]}, "vs_random_bpb",
-"vs_random_acc", "vs_pruned_acc", "vs_pruned_bpb", "vs_pruned_margin", "offdomain_bpb", "vs_pruned_offdomain_bpb"}},
-"budget_tokens": N}.
+Last line: {DOMAIN: {"base": {"bpb", "acc", "acc_by_source"}, "pruned": {...}, ARM: {"bpb", "acc", "acc_by_source",
+"gap_closed", "gap_closed_by_source": {SOURCE: [m, lo, hi]}, "vs_random_bpb", "vs_random_acc", "vs_pruned_acc",
+"vs_pruned_acc_by_source", "vs_pruned_bpb", "vs_pruned_margin", "offdomain_bpb", "vs_pruned_offdomain_bpb"}},
+"budget_tokens": N, "recipe": {KEY: VALUE}}.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from common import REPO, cached, curated_refs, selection
 
 from finescope_core import stages
@@ -66,9 +68,10 @@ def prepare(config: RunConfig, domain: str, arms: list[str], threads: int) -> di
     return prep
 
 
-def trained(config: RunConfig, prep: dict, arm: str, seed: int, tokens: int) -> dict:
-    """The arm's recovered model (a cached stage)."""
-    cfg = RecoverConfig(tokens=tokens, seed=seed, **({"lm_weight": 1.0} if arm == "dense_curated" else {}))
+def trained(config: RunConfig, prep: dict, arm: str, seed: int, tokens: int, recipe: dict) -> dict:
+    """The arm's recovered model (a cached stage), with the library's recipe changed by ``recipe``."""
+    cfg = RecoverConfig(**{**recipe, "tokens": tokens, "seed": seed,
+                           **({"lm_weight": 1.0} if arm == "dense_curated" else {})})
     student = prep["model"] if arm == "dense_curated" else prep["pruned"]
     texts, filename = prep["texts"][arm]
     return stages.recovered(config.output, student, prep["model"], texts, filename, cfg, "cpu")
@@ -92,11 +95,11 @@ def scores(config: RunConfig, prep: dict, model: dict, domain: str, evaluation: 
     return {"domain": domain_units, "off": {"docs": cached(path, off_domain)}}
 
 
-def job(config: RunConfig, prep: dict, domain: str, arm: str, seed: int, tokens: int,
+def job(config: RunConfig, prep: dict, domain: str, arm: str, seed: int, tokens: int, recipe: dict,
         evaluation: EvalConfig) -> tuple[str, str, int, dict]:
     """One worker's task: train the arm (or take the base or pruned model) and score it."""
     torch.set_num_threads(1)
-    model = prep[arm] if arm in ("model", "pruned") else trained(config, prep, arm, seed, tokens)
+    model = prep[arm] if arm in ("model", "pruned") else trained(config, prep, arm, seed, tokens, recipe)
     return domain, arm, seed, scores(config, prep, model, domain, evaluation)
 
 
@@ -118,14 +121,20 @@ def domain_row(units: dict[str, list[dict]]) -> dict:
     off_bytes = np.asarray(units["model"][0]["off"]["docs"]["bytes"], dtype=np.float64)
     sources = np.asarray(units["model"][0]["domain"]["docs"]["source"])
     by_source = {source: sources == source for source in dict.fromkeys(sources.tolist())}
+    item_sources = np.asarray(units["model"][0]["domain"]["items"]["source"])
+    items_by_source = {source: item_sources == source for source in dict.fromkeys(item_sources.tolist())}
     row = {label: {"bpb": round(bpb_ci(nll[name], n_bytes, RESAMPLES, 0)[0], 4),
                    "acc": round(float(correct[name].mean()), 4),
+                   "acc_by_source": {source: round(float(correct[name][rows].mean()), 4)
+                                     for source, rows in items_by_source.items()},
                    "offdomain_bpb": round(bpb_ci(off[name], off_bytes, RESAMPLES, 0)[0], 4)}
            for label, name in (("base", "model"), ("pruned", "pruned"))}
     for arm in (a for a in ARMS if a in units):
         row[arm] = {
             "bpb": rounded(bpb_ci(nll[arm], n_bytes, RESAMPLES, 0)),
             "acc": rounded(mean_ci(correct[arm], RESAMPLES, 0)),
+            "acc_by_source": {source: rounded(mean_ci(correct[arm][rows], RESAMPLES, 0))
+                              for source, rows in items_by_source.items()},
             "gap_closed": rounded(gap_closed(nll["model"], nll["pruned"], nll[arm], n_bytes, RESAMPLES, 0)),
             "gap_closed_by_source": {
                 source: rounded(gap_closed(nll["model"][rows], nll["pruned"][rows], nll[arm][rows], n_bytes[rows],
@@ -133,6 +142,9 @@ def domain_row(units: dict[str, list[dict]]) -> dict:
                 for source, rows in by_source.items()},
             "vs_pruned_bpb": rounded(paired_bpb_difference(nll[arm], nll["pruned"], n_bytes, RESAMPLES, 0)),
             "vs_pruned_acc": rounded(paired_difference(correct[arm], correct["pruned"], RESAMPLES, 0)),
+            "vs_pruned_acc_by_source": {
+                source: rounded(paired_difference(correct[arm][rows], correct["pruned"][rows], RESAMPLES, 0))
+                for source, rows in items_by_source.items()},
             "vs_pruned_margin": rounded(paired_difference(margin[arm], margin["pruned"], RESAMPLES, 0)),
             "offdomain_bpb": rounded(bpb_ci(off[arm], off_bytes, RESAMPLES, 0)),
             "vs_pruned_offdomain_bpb": rounded(paired_bpb_difference(off[arm], off["pruned"], off_bytes,
@@ -159,6 +171,10 @@ def print_table(table: dict, notes: dict) -> None:
             print(f"{arm:<15}gap closed by held-out source: " + ", ".join(
                 f"{source} {'n/a' if share is None else f'{share[0]:.1%}'}"
                 for source, share in row[arm]["gap_closed_by_source"].items()))
+        print("accuracy by item source (base, pruned" + "".join(f", {a}" for a in ARMS if a in row) + "): " + "; ".join(
+            f"{source} " + " ".join(f"{row[name]['acc_by_source'][source]:.3f}" for name in ("base", "pruned"))
+            + "".join(f" {row[arm]['acc_by_source'][source][0]:.3f}" for arm in ARMS if arm in row)
+            for source in row["base"]["acc_by_source"]))
         curated = row.get("curated")
         if curated and "vs_random_bpb" in curated:
             print(f"goal, {domain}: curated closes {curated['gap_closed'][0]:.1%} of the bpb gap (>= 60%: "
@@ -180,12 +196,16 @@ def main() -> None:
     parser.add_argument("--pool-docs", type=int, default=3000, help="pool documents curated from")
     parser.add_argument("--budget", type=int, default=300, help="documents each selection keeps")
     parser.add_argument("--workers", type=int, default=2, help="processes, one thread each")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a recovery setting for every arm, e.g. --set lm_weight=0")
     parser.add_argument("--quick", action="store_true",
                         help="one domain, one seed, 300 items, 100 documents, at most 16,384 tokens")
     args = parser.parse_args()
     if args.quick:
         args.domains, args.seeds, args.mc_items, args.ppl_docs = args.domains[:1], 1, 300, 100
         args.tokens = min(args.tokens, 16384)
+    recipe = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
+    RecoverConfig(**recipe)  # a mistyped setting fails here, before any work
     started = time.monotonic()
     overrides = {"output": args.output, "data.max_pool_docs": args.pool_docs, "select.budget": args.budget}
     config = load_config(args.config, overrides)
@@ -202,18 +222,18 @@ def main() -> None:
         jobs = [(domain, arm, seed) for seed in range(args.seeds) for domain in args.domains for arm in args.arms
                 if arm != "dense_curated" or seed < args.dense_seeds]
         jobs += [(domain, arm, 0) for domain in args.domains for arm in ("model", "pruned")]
-        done = pool.map(job, *zip(*[(config, preps[d], d, a, s, args.tokens, evaluation) for d, a, s in jobs]))
+        done = pool.map(job, *zip(*[(config, preps[d], d, a, s, args.tokens, recipe, evaluation) for d, a, s in jobs]))
         units: dict[str, dict[str, list[dict]]] = {d: {} for d in args.domains}
         for domain, arm, _, result in done:
             units[domain].setdefault(arm, []).append(result)
     table = {domain: domain_row(units[domain]) for domain in args.domains}
     notes = {d: f"; self-distillation acceptance {preps[d]['acceptance']['acceptance_rate']}, rejected "
                 f"{preps[d]['acceptance']['rejected']}" if "acceptance" in preps[d] else "" for d in args.domains}
-    print(f"recovery at {args.tokens} supervised tokens per arm, {args.seeds} seed(s); {args.mc_items} items and "
-          f"{args.ppl_docs} documents per domain; pool {args.pool_docs}, budget {args.budget}; "
-          f"{time.monotonic() - started:.0f} s")
+    print(f"recovery at {args.tokens} supervised tokens per arm, {args.seeds} seed(s), recipe changes "
+          f"{recipe or 'none'}; {args.mc_items} items and {args.ppl_docs} documents per domain; pool "
+          f"{args.pool_docs}, budget {args.budget}; {time.monotonic() - started:.0f} s")
     print_table(table, notes)
-    print(json.dumps({**table, "budget_tokens": args.tokens}))
+    print(json.dumps({**table, "budget_tokens": args.tokens, "recipe": recipe}))
 
 
 if __name__ == "__main__":
