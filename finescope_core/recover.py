@@ -89,7 +89,7 @@ class FusedHeadLoss(torch.autograd.Function):
     from the last hidden states and the (frozen) output heads, one chunk of positions at a time.
 
     The gradient w.r.t. the student's hidden states is computed in the forward pass, where each chunk's logits are
-    at hand (``T (p_student_T - p_teacher_T)`` and ``p_student - onehot``), so backward only scales it.
+    at hand (:func:`logit_loss_and_grad`), so backward only scales it.
     """
 
     @staticmethod
@@ -103,25 +103,12 @@ class FusedHeadLoss(torch.autograd.Function):
         for lo in range(0, n, CHUNK_ROWS):
             rows = slice(lo, lo + CHUNK_ROWS)
             logits = (hidden[rows].to(dtype) @ head_.T).float()
-            chunk_grad = torch.zeros_like(logits)
+            teacher_logits = None
             if lm_weight < 1:
-                scaled = logits / temperature
-                student_lse = torch.logsumexp(scaled, -1, keepdim=True)
-                teacher_logp = torch.log_softmax((teacher_hidden[rows].to(dtype) @ teacher_head_.T).float()
-                                                 / temperature, -1)
-                teacher_p = teacher_logp.exp()
-                kl = (teacher_p * (teacher_logp - scaled)).sum() + student_lse.sum()  # sum of teacher_p is 1
-                weight = (1 - lm_weight) * temperature
-                total += weight * temperature * kl.double()
-                chunk_grad += weight * (torch.exp(scaled - student_lse) - teacher_p)
-            if lm_weight > 0:
-                lse = torch.logsumexp(logits, -1, keepdim=True)
-                targets = labels[rows, None]
-                total += lm_weight * (lse - logits.gather(1, targets)).sum().double()
-                chunk_grad += lm_weight * torch.exp(logits - lse)
-                onehot = torch.full(targets.shape, -lm_weight, dtype=logits.dtype, device=logits.device)
-                chunk_grad.scatter_add_(1, targets, onehot)
-            grad[rows] = (chunk_grad.div_(n).to(dtype) @ head_).to(grad.dtype)
+                teacher_logits = (teacher_hidden[rows].to(dtype) @ teacher_head_.T).float()
+            loss, logit_grad = logit_loss_and_grad(logits, teacher_logits, labels[rows], temperature, lm_weight)
+            total += loss
+            grad[rows] = ((logit_grad.to(dtype) @ head_) / n).to(grad.dtype)
         ctx.save_for_backward(grad)
         return (total / n).float()
 
@@ -129,6 +116,39 @@ class FusedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         return grad * grad_output, None, None, None, None, None, None, None
+
+
+def logit_loss_and_grad(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+                        temperature: float, lm_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's summed loss (float64) and its gradient w.r.t. the student's float32 ``logits``:
+    ``(1 - lm_weight) T (p_student_T - p_teacher_T) + lm_weight (p_student - onehot)``.
+
+    Each pass over a positions x vocabulary array costs about as much as the head's product on a CPU, so the arrays
+    are few and reused in place: at temperature 1 both terms share the student's softmax, the gradient is built in
+    the softmax's memory, and the KL's sum is a dot product (no product array).
+    """
+    distil = 1 - lm_weight
+    temperature = temperature if distil > 0 else 1.0  # the temperature only scales the distillation term
+    student_logp = torch.log_softmax(logits if temperature == 1 else logits / temperature, -1)
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    if lm_weight > 0:
+        lm_logp = student_logp if temperature == 1 else torch.log_softmax(logits, -1)
+        total -= lm_weight * lm_logp.gather(1, labels[:, None]).sum().double()
+    if distil > 0:
+        teacher_logp = torch.log_softmax(teacher_logits if temperature == 1 else teacher_logits / temperature, -1)
+        teacher_p = teacher_logp.exp()
+        log_ratio = teacher_logp.sub_(student_logp)
+        total += distil * temperature**2 * torch.dot(teacher_p.view(-1), log_ratio.view(-1)).double()
+    grad = student_logp.exp_()  # the student's probabilities at the temperature, in place
+    if temperature != 1:
+        grad.mul_(distil * temperature)
+        if lm_weight > 0:
+            grad.add_(lm_logp.exp_(), alpha=lm_weight)
+    if distil > 0:
+        grad.sub_(teacher_p, alpha=distil * temperature)
+    if lm_weight > 0:
+        grad.scatter_add_(1, labels[:, None], torch.full((len(labels), 1), -lm_weight, device=logits.device))
+    return total, grad
 
 
 def reference_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,

@@ -25,7 +25,8 @@ TEXTS = [f"Patient {i} presents with fever and a cough; the dose of paracetamol 
          for i in range(40)]
 
 
-@pytest.mark.parametrize(("temperature", "lm_weight"), [(1.0, 0.0), (2.0, 0.0), (1.0, 1.0), (1.5, 0.3)])
+@pytest.mark.parametrize(("temperature", "lm_weight"),
+                         [(1.0, 0.0), (2.0, 0.0), (1.0, 1.0), (2.0, 1.0), (1.0, 0.5), (1.5, 0.3)])
 def test_fused_loss_and_gradient_equal_the_plain_definition(temperature, lm_weight):
     torch.manual_seed(0)
     n, dim, vocab = 300, 16, 500  # 300 positions: three chunks, the last one partial
