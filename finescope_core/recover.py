@@ -108,7 +108,7 @@ class FusedHeadLoss(torch.autograd.Function):
                 teacher_logits = (teacher_hidden[rows].to(dtype) @ teacher_head_.T).float()
             loss, logit_grad = logit_loss_and_grad(logits, teacher_logits, labels[rows], temperature, lm_weight)
             total += loss
-            grad[rows] = ((logit_grad.to(dtype) @ head_) / n).to(grad.dtype)
+            grad[rows] = (logit_grad.to(dtype) @ head_).to(grad.dtype) / n
         ctx.save_for_backward(grad)
         return (total / n).float()
 
