@@ -26,12 +26,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from common import REPO, cached, curated_refs
 
 from finescope_core import stages
 from finescope_core.addressing import STAGE_VERSIONS
-from finescope_core.config import PruneConfig, load_config
+from finescope_core.config import PruneConfig, load_config, parse_overrides
 from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
 from finescope_core.importance import attention_shape, taylor_scores
@@ -155,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config, {"output": args.output})  # the curation settings
-    overrides = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
+    overrides = parse_overrides(args.set)
     base_prune = PruneConfig(ratio=args.ratio, **overrides)  # the library's defaults, not the demo's
     variants = {label: VARIANTS[label] for label in args.variants if label != RECIPE}
     ppl: dict[str, dict[str, float]] = {"dense": {}, **{label: {} for label in args.variants}}

@@ -35,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from common import REPO, cached, curated_refs, selection
 
 from finescope_core import stages
-from finescope_core.config import EvalConfig, RecoverConfig, RunConfig, load_config
+from finescope_core.config import EvalConfig, RecoverConfig, RunConfig, load_config, parse_overrides
 from finescope_core.evaluate import document_scores, read_docs, scoring_precision
 from finescope_core.formats import CURATED_FILE, DISTILLED_FILE
 from finescope_core.models import load_model, load_tokenizer
@@ -204,7 +203,7 @@ def main() -> None:
     if args.quick:
         args.domains, args.seeds, args.mc_items, args.ppl_docs = args.domains[:1], 1, 300, 100
         args.tokens = min(args.tokens, 16384)
-    recipe = {key: yaml.safe_load(value) for key, value in (kv.split("=", 1) for kv in args.set)}
+    recipe = parse_overrides(args.set)
     RecoverConfig(**recipe)  # a mistyped setting fails here, before any work
     started = time.monotonic()
     overrides = {"output": args.output, "data.max_pool_docs": args.pool_docs, "select.budget": args.budget}

@@ -10,8 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 ERRORS = (ValueError, FileNotFoundError, PermissionError, ModuleNotFoundError)
 DEFAULT_CONFIG = "configs/demo.yaml"
 BUILTIN = Path(__file__).resolve().parent.parent  # where the built-in configs and seeds are
@@ -33,25 +31,11 @@ def _before_flow(args: argparse.Namespace, output: str) -> None:
         os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(Path(output).resolve() / ".prefect-results"))
 
 
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set select.budget=200")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or "not valid YAML"
-            raise ValueError(f"--set {pair!r}: the value is {problem}; quote it or fix its brackets") from None
-    return out
-
-
 def run(args: argparse.Namespace) -> None:
-    from finescope_core.config import load_config
+    from finescope_core.config import load_config, parse_overrides
     from finescope_core.preflight import check_run
 
-    config = load_config(args.config, _overrides(args.set))
+    config = load_config(args.config, parse_overrides(args.set))
     check_run(config)
     _before_flow(args, config.output)
     from finescope.flows.pipeline import finescope
@@ -65,12 +49,12 @@ def _flow_config(args: argparse.Namespace, options: dict):
     """The config file with the subcommand's options (those given) and --set overrides applied. Without --config:
     configs/demo.yaml in the working folder, else the built-in one, whose seeds file is then read from the install
     (so that a first try from any folder works)."""
-    from finescope_core.config import load_config
+    from finescope_core.config import load_config, parse_overrides
 
     given = {key: value for key, value in (options | {"output": args.out}).items() if value is not None}
     local = Path(DEFAULT_CONFIG)
     config = load_config(args.config or (local if local.is_file() else BUILTIN / DEFAULT_CONFIG),
-                         given | _overrides(args.set))
+                         given | parse_overrides(args.set))
     seeds = Path(config.select.seeds)
     if not args.config and not local.is_file() and not seeds.is_absolute() and not seeds.exists():
         config.select.seeds = str(BUILTIN / seeds)
@@ -119,11 +103,11 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def sweep(args: argparse.Namespace) -> None:
-    from finescope_core.config import load_config
+    from finescope_core.config import load_config, parse_overrides
     from finescope_core.preflight import check_run
 
     given = {"sweep.ratios": args.ratios, "sweep.keep": args.keep, "sweep.metric": args.metric}
-    config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | _overrides(args.set))
+    config = load_config(args.config, {k: v for k, v in given.items() if v is not None} | parse_overrides(args.set))
     check_run(config, sweeps=True)
     _before_flow(args, config.output)
     from finescope.flows.sweep import sweep as sweep_flow

@@ -447,6 +447,22 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(lines)
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (command-line ``--set``) as a mapping, each value read as YAML (numbers, lists, booleans);
+    raises ``ValueError`` naming the pair that is malformed."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value, e.g. --set select.budget=200")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ValueError(f"--set {pair!r}: the value is {problem}; quote it or fix its brackets") from None
+    return out
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     """Read and validate a YAML run config; raises ``ConfigError`` naming the offending field."""
     path = Path(path)
