@@ -209,7 +209,13 @@ class SelectConfig(StageConfig):
     )
     method: Literal["sae", "hybrid", "minilm", "raw_act", "random"] = Field(
         "sae", description="Selection method: SAE codes (FineScope); hybrid, the SAE codes' score and a sentence "
-        "embedder's (MiniLM) cosine, each standardised over the pool, averaged; or a baseline at equal budget."
+        "embedder's (MiniLM) cosine, each standardised over the pool, in a weighted mean (select.hybrid_weight); or a "
+        "baseline at equal budget."
+    )
+    hybrid_weight: float = Field(
+        0.85, gt=0, lt=1, description="With method hybrid, the SAE score's weight in the combined score; the "
+        "sentence embedder's cosine has the rest. Both are standardised over the pool first, so the weights alone "
+        "decide their shares."
     )
     similarity: Literal["cosine", "jaccard"] = Field(
         "cosine", description="How SAE codes are compared with each seed's: cosine, or generalised Jaccard (the sum "

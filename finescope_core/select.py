@@ -70,11 +70,11 @@ def seed_scores(docs: np.ndarray, seeds: np.ndarray, similarity: str = "cosine",
     return (scores + measure(docs, centroid)) / 2
 
 
-def combined_scores(*scores: np.ndarray) -> np.ndarray:
-    """The mean of several methods' scores, each standardised over the pool (mean 0, standard deviation 1), so that
-    no method's scale decides the ranking."""
+def combined_scores(*scores: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """The weighted mean of several methods' scores (equal weights by default), each standardised over the pool
+    (mean 0, standard deviation 1), so that no method's scale decides the ranking, only its weight."""
     standardised = [(s - s.mean()) / max(float(s.std()), 1e-12) for s in (np.asarray(x, np.float64) for x in scores)]
-    return np.mean(standardised, axis=0)
+    return np.average(standardised, axis=0, weights=weights)
 
 
 def text_key(text: str) -> str:

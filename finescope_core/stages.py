@@ -311,8 +311,8 @@ def eval_texts(eval_uri: str | None) -> list[str]:
 def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, pool_table: pa.Table,
                       seed_table: pa.Table) -> np.ndarray:
     """Every pool document's score under ``cfg``: the SAE codes' similarity to the seeds, with feedback; for hybrid,
-    averaged with MiniLM's cosine after both are standardised. The baselines score as they always have: plain max
-    cosine (minilm, raw_act) or random."""
+    a weighted mean of that and MiniLM's cosine after both are standardised. The baselines score as they always
+    have: plain max cosine (minilm, raw_act) or random."""
     from finescope_core.embed import minilm_embeddings
     from finescope_core.select import combined_scores, max_cosine, seed_scores
 
@@ -324,7 +324,7 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, po
     if cfg.method == "hybrid":
         embedder = max_cosine(minilm_embeddings(pool_table["text"].to_pylist()),
                               minilm_embeddings(seed_table["text"].to_pylist()))
-        scores = combined_scores(scores, embedder)
+        scores = combined_scores(scores, embedder, weights=(cfg.hybrid_weight, 1 - cfg.hybrid_weight))
     return scores
 
 

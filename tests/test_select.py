@@ -63,11 +63,13 @@ def test_feedback_reaches_documents_near_the_top_ranked_ones():
     assert lifted[1] > lifted[2] and np.argmax(lifted) == 0
 
 
-def test_combined_scores_weigh_methods_equally_whatever_their_scale():
+def test_combined_scores_weigh_methods_by_their_weights_whatever_their_scale():
     a, b = np.array([0.1, 0.2, 0.3]), np.array([300.0, 100.0, 200.0])
     combined = combined_scores(a, b)
     assert np.allclose(combined, combined_scores(a * 10, b / 7)) and np.isclose(combined.mean(), 0)
     assert np.argmax(combined) == 2
+    assert np.argmax(combined_scores(a, b, weights=(0.9, 0.1))) == 2
+    assert np.argmax(combined_scores(a, b, weights=(0.1, 0.9))) == 0
 
 
 def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_path):
@@ -103,6 +105,8 @@ def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_pa
         return storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"][0].as_py()
 
     assert [first(), first(similarity="jaccard"), first(method="hybrid")] == ["a", "b", "c"]
+    # the weight moves the hybrid between its two views: nearly all SAE keeps the SAE's choice
+    assert [first(method="hybrid", hybrid_weight=0.99), first(method="hybrid", hybrid_weight=0.01)] == ["a", "c"]
     with pytest.raises(ValueError, match=r"select\.similarity='jaccard' compares non-negative SAE codes"):
         SelectConfig(method="minilm", similarity="jaccard")
 

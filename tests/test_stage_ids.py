@@ -56,8 +56,8 @@ AFFECTS: dict[str, set[str]] = {
     "sae.refit_drift": set(),  # whether an incremental run refits, not what a fit makes
     "select.seeds": {"seeds"}, "select.pooling": {"curated"},  # changed to mean, which the embeddings share
     **{f"select.{name}": {"curated"} for name in (
-        "budget", "threshold", "power", "method", "similarity", "feedback_docs", "near_duplicate_cosine",
-        "decontaminate", "seed")},
+        "budget", "threshold", "power", "method", "hybrid_weight", "similarity", "feedback_docs",
+        "near_duplicate_cosine", "decontaminate", "seed")},
     **{f"prune.{name}": {"pruned"} for name in (
         "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "calibration_samples", "calibration_tokens",
         "prune_heads", "width_multiple", "seed")},
