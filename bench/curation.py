@@ -61,7 +61,7 @@ from finescope_core.evaluate import read_docs
 from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
 from finescope_core.kl_reduction import kl_reduction
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import combined_scores, max_cosine, seed_scores, select_top
+from finescope_core.select import hybrid_scores, max_cosine, seed_scores, select_top
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (100, 500)
@@ -117,7 +117,7 @@ def sae_scores(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray,
     similarity = "jaccard" if setting.scoring == "jaccard" else "cosine"
     scores = seed_scores(docs, seeds, similarity, FEEDBACK_DOCS if setting.scoring in ("feedback", "hybrid") else 0)
     if setting.scoring == "hybrid":
-        scores = combined_scores(scores, minilm, weights=(HYBRID_WEIGHT, 1 - HYBRID_WEIGHT))
+        scores = hybrid_scores(scores, minilm, HYBRID_WEIGHT)
     return scores, docs
 
 

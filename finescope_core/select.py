@@ -77,6 +77,12 @@ def combined_scores(*scores: np.ndarray, weights: Sequence[float] | None = None)
     return np.average(standardised, axis=0, weights=weights)
 
 
+def hybrid_scores(sae: np.ndarray, embedder: np.ndarray, sae_weight: float) -> np.ndarray:
+    """``select.method hybrid``'s score: the SAE score weighted ``sae_weight`` and the sentence embedder's cosine the
+    rest, each standardised over the pool."""
+    return combined_scores(sae, embedder, weights=(sae_weight, 1 - sae_weight))
+
+
 def text_key(text: str) -> str:
     """Exact-duplicate key: the text with case and whitespace folded."""
     return hashlib.sha1(re.sub(r"\s+", " ", text.strip().lower()).encode()).hexdigest()

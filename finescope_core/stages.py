@@ -314,7 +314,7 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, po
     a weighted mean of that and MiniLM's cosine after both are standardised. The baselines score as they always
     have: plain max cosine (minilm, raw_act) or random."""
     from finescope_core.embed import minilm_embeddings
-    from finescope_core.select import combined_scores, max_cosine, seed_scores
+    from finescope_core.select import hybrid_scores, max_cosine, seed_scores
 
     if cfg.method == "random":
         return np.random.default_rng(cfg.seed).random(len(docs))
@@ -324,7 +324,7 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, po
     if cfg.method == "hybrid":
         embedder = max_cosine(minilm_embeddings(pool_table["text"].to_pylist()),
                               minilm_embeddings(seed_table["text"].to_pylist()))
-        scores = combined_scores(scores, embedder, weights=(cfg.hybrid_weight, 1 - cfg.hybrid_weight))
+        scores = hybrid_scores(scores, embedder, cfg.hybrid_weight)
     return scores
 
 
