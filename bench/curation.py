@@ -66,7 +66,7 @@ from finescope_core.select import hybrid_scores, max_cosine, seed_scores, select
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (100, 500)
 FEEDBACK_DOCS = 20  # set before any run, not tuned
-HYBRID_WEIGHT = SelectConfig().hybrid_weight  # the SAE score's weight in select.method hybrid, as shipped
+SHIPPED = SelectConfig()  # the selection settings as shipped: the default's, and the hybrid's feedback and weight
 SEED_STYLES = {"template": REPO / "seeds", "other": REPO / "seeds" / "prose"}
 HELD_OUT = [domain for domain in DOMAINS if domain not in DEMO_DOMAINS]
 KL_BUDGET = 500
@@ -89,10 +89,9 @@ class Setting:
 
 def default_setting() -> Setting:
     """FineScope's default, as a grid setting."""
-    cfg = SelectConfig()
-    assert cfg.feedback_docs in (0, FEEDBACK_DOCS) and cfg.method == "sae", "the default is outside the grid"
-    scoring = "feedback" if cfg.feedback_docs else cfg.similarity
-    return Setting(cfg.pooling, cfg.power, scoring)
+    assert SHIPPED.feedback_docs in (0, FEEDBACK_DOCS) and SHIPPED.method == "sae", "the default is outside the grid"
+    scoring = "feedback" if SHIPPED.feedback_docs else SHIPPED.similarity
+    return Setting(SHIPPED.pooling, SHIPPED.power, scoring)
 
 
 SCORINGS = ("cosine", "jaccard", "feedback", "hybrid")
@@ -115,9 +114,10 @@ def sae_scores(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray,
     """The pool's scores under ``setting`` and the vectors its near-duplicate test compares."""
     docs, seeds = selection_vectors(pool_codes, seed_codes, setting.pooling, setting.power, blocks)
     similarity = "jaccard" if setting.scoring == "jaccard" else "cosine"
-    scores = seed_scores(docs, seeds, similarity, FEEDBACK_DOCS if setting.scoring in ("feedback", "hybrid") else 0)
+    feedback = {"feedback": FEEDBACK_DOCS, "hybrid": SHIPPED.feedback_docs}.get(setting.scoring, 0)
+    scores = seed_scores(docs, seeds, similarity, feedback)
     if setting.scoring == "hybrid":
-        scores = hybrid_scores(scores, minilm, HYBRID_WEIGHT)
+        scores = hybrid_scores(scores, minilm, SHIPPED.hybrid_weight)
     return scores, docs
 
 
@@ -171,7 +171,7 @@ def main() -> None:
     chance = [texts[i] for i in np.random.default_rng(1).choice(len(texts), KL_BUDGET, replace=False)]
 
     def selected(scores: np.ndarray, vectors: np.ndarray, budget: int) -> list[int]:
-        return select_top(scores, vectors, texts, budget, None, SelectConfig().near_duplicate_cosine,
+        return select_top(scores, vectors, texts, budget, None, SHIPPED.near_duplicate_cosine,
                           contamination).indices
 
     def precision(indices: list[int], domain: str) -> float:
