@@ -51,14 +51,13 @@ from finescope_core.config import (
     SelectConfig,
 )
 from finescope_core.embed import (
-    minilm_embeddings,
     raw_activation_embeddings,
     read_embeddings,
     selection_vectors,
     token_pooling,
 )
 from finescope_core.evaluate import read_docs
-from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
+from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE, SENTENCES_FILE
 from finescope_core.kl_reduction import kl_reduction
 from finescope_core.ngrams import NgramIndex
 from finescope_core.select import hybrid_scores, max_cosine, seed_scores, select_top
@@ -87,20 +86,24 @@ class Setting:
         return f"{self.pooling}/power {self.power}/{self.scoring}"
 
 
-def default_setting() -> Setting:
-    """FineScope's default, as a grid setting."""
-    assert SHIPPED.feedback_docs in (0, FEEDBACK_DOCS) and SHIPPED.method == "sae", "the default is outside the grid"
-    scoring = "feedback" if SHIPPED.feedback_docs else SHIPPED.similarity
-    return Setting(SHIPPED.pooling, SHIPPED.power, scoring)
-
-
 SCORINGS = ("cosine", "jaccard", "feedback", "hybrid")
-DEFAULT = default_setting()
+
+
+def shipped_settings() -> tuple[Setting, dict[str, Setting]]:
+    """FineScope's default as a grid setting, and the methods the figures name: the shipped SAE score ("sae"), the
+    hybrid, and the shipped pooling and power with each other scoring ("sae_<scoring>")."""
+    assert SHIPPED.feedback_docs in (0, FEEDBACK_DOCS) and SHIPPED.method in ("sae", "hybrid"), \
+        "the default is outside the grid"
+    assert SHIPPED.similarity == "cosine" or SHIPPED.method == "sae", "the grid's hybrid scores by cosine"
+    sae_scoring = "feedback" if SHIPPED.feedback_docs else SHIPPED.similarity
+    named = {("sae" if scoring == sae_scoring else "hybrid" if scoring == "hybrid" else f"sae_{scoring}"):
+             Setting(SHIPPED.pooling, SHIPPED.power, scoring) for scoring in SCORINGS}
+    return named[SHIPPED.method], named
+
+
+DEFAULT, NAMED = shipped_settings()
 GRID = [DEFAULT] + [s for s in itertools.starmap(Setting, itertools.product(("mean", "max", "idf"), (0.5, 1.0),
                                                                              SCORINGS)) if s != DEFAULT]
-# the default, and the default's pooling and power with each other scoring
-NAMED = {"sae": DEFAULT} | {("hybrid" if scoring == "hybrid" else f"sae_{scoring}"): Setting(
-    DEFAULT.pooling, DEFAULT.power, scoring) for scoring in SCORINGS if scoring != DEFAULT.scoring}
 BASELINES = ("minilm", "raw_act", "random")
 
 
@@ -163,7 +166,11 @@ def main() -> None:
         return aligned(ids, stored.doc_ids, stored.matrix)
 
     pool_codes = {pooling: codes(acts, order, pooling) for pooling in ("mean", "max")}
-    pool_baseline = {"minilm": minilm_embeddings(texts),
+    def sentence_vectors(docs: dict, ids: list[str]) -> np.ndarray:
+        stored = read_embeddings(storage.join(stages.sentences(root, docs)["uri"], SENTENCES_FILE))
+        return aligned(ids, stored.doc_ids, stored.matrix)
+
+    pool_baseline = {"minilm": sentence_vectors(pool, order),
                      "raw_act": aligned(order, *raw_activation_embeddings(storage.join(acts["uri"], "pooled"),
                                                                           layer)),
                      "random": np.random.default_rng(0).standard_normal((len(order), 64))}
@@ -188,7 +195,7 @@ def main() -> None:
         seed_ids = seed_table["doc_id"].to_pylist()
         seed_acts = stages.acts(root, model, seeds, dump_cfg, model_cfg)
         seed_codes = {pooling: codes(seed_acts, seed_ids, pooling) for pooling in ("mean", "max")}
-        seed_baseline = {"minilm": minilm_embeddings(seed_table["text"].to_pylist()),
+        seed_baseline = {"minilm": sentence_vectors(seeds, seed_ids),
                          "raw_act": aligned(seed_ids, *raw_activation_embeddings(
                              storage.join(seed_acts["uri"], "pooled"), layer))}
         minilm = max_cosine(pool_baseline["minilm"], seed_baseline["minilm"])
@@ -238,7 +245,7 @@ def main() -> None:
         for method, row in table.items():
             cells = "".join(f"{row[d]:>10.3f}" for d in DOMAINS)
             print(f"{method:<13}{cells}{np.mean(list(row.values())):>10.3f}")
-    print(json.dumps({"default": "sae", **figures, "lodo_settings": {d: str(s) for d, s in lodo.items()},
+    print(json.dumps({"default": SHIPPED.method, **figures, "lodo_settings": {d: str(s) for d, s in lodo.items()},
                       "grid_precision_at_500": grid, "held_out_domains": HELD_OUT, "tuned_on": list(DEMO_DOMAINS)}))
 
 

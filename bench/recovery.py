@@ -2,9 +2,10 @@
 
 Usage: .venv/bin/python bench/recovery.py [--domains science code] [--seeds 3] [--tokens N] [--workers 2]
 [--set KEY=VALUE (a recovery setting)] [--quick]
-Per domain, from the demo config (with --pool-docs and --budget): the pool is curated with SAE codes (FineScope),
-with MiniLM and at random, at the same budget; the base model is pruned on the SAE-curated text; the curated set is
-self-distilled. Arms, each at --tokens supervised tokens with the library's recipe (``RecoverConfig``):
+Per domain, from the demo config (with --pool-docs and --budget): the pool is curated as the config selects
+(``select.method``: by default the hybrid of SAE codes and MiniLM), with MiniLM alone and at random, at the same
+budget; the base model is pruned on the curated text; the curated set is self-distilled. Arms, each at --tokens
+supervised tokens with the library's recipe (``RecoverConfig``):
 - random, minilm, curated: the pruned model distilled from the unpruned one on that selection's text;
 - curated_sdd: the same on the curated documents with answers rewritten by the unpruned model;
 - dense_curated: the unpruned model itself trained on the curated text with the LM loss (the paper's "not pruned"

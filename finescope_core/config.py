@@ -208,9 +208,9 @@ class SelectConfig(StageConfig):
         "normalisation: a few dominant latents no longer decide every score); 1 turns it off."
     )
     method: Literal["sae", "hybrid", "minilm", "raw_act", "random"] = Field(
-        "sae", description="Selection method: SAE codes (FineScope); hybrid, the SAE codes' score and a sentence "
-        "embedder's (MiniLM) cosine, each standardised over the pool, in a weighted mean (select.hybrid_weight); or a "
-        "baseline at equal budget."
+        "hybrid", description="Selection method: hybrid, the SAE codes' score and a sentence embedder's (MiniLM) "
+        "cosine, each standardised over the pool, in a weighted mean (select.hybrid_weight); sae, the SAE codes' "
+        "score alone (FineScope's paper); or a baseline at equal budget."
     )
     hybrid_weight: float = Field(
         0.85, gt=0, lt=1, description="With method hybrid, the SAE score's weight in the combined score; the "
@@ -230,6 +230,11 @@ class SelectConfig(StageConfig):
     near_duplicate_cosine: float = Field(0.98, gt=0, le=1, description="Drop a document this similar to a kept one.")
     decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with the eval sets.")
     seed: int = Field(0, description="Seed of the random baseline.")
+
+    @property
+    def uses_sentence_embedder(self) -> bool:
+        """Whether this selection reads the sentence embedder's vectors (methods hybrid and minilm)."""
+        return self.method in ("hybrid", "minilm")
 
     @model_validator(mode="after")
     def _jaccard_needs_sae_codes(self) -> SelectConfig:

@@ -1,4 +1,5 @@
-"""The curation chain, written once: pool -> activations -> SAE -> embeddings -> selection against the seeds.
+"""The curation chain, written once: pool -> activations -> SAE -> embeddings (and, for a selection that reads a
+sentence embedder, its vectors) -> selection against the seeds.
 
 The chain is given its steps: the core stages themselves (benches, scripts) or the Prefect tasks that wrap them (the
 flows), so that orchestration adds caching, retries and logs without restating the order of the work.
@@ -25,6 +26,7 @@ class CurationSteps:
     acts: Callable = stages.acts
     sae: Callable = stages.sae
     embeddings: Callable = stages.embeddings
+    sentences: Callable = stages.sentences
     curated: Callable = stages.curated
 
 
@@ -32,7 +34,8 @@ def curate(config: RunConfig, steps: CurationSteps = CurationSteps(), model: dic
            corpus: dict | None = None) -> dict:
     """References to every artifact of a curation of ``config``'s pool by its seeds: model, corpus, pool, seeds,
     acts (the pool's), sae, embeddings (the pool's), curated, and the vectors selection read (``vectors``: the
-    pool's and seeds' activations and embeddings, which a selection by another method reuses).
+    pool's and seeds' activations and embeddings, and their sentence embeddings where the method reads them, which a
+    selection by another method reuses).
 
     ``model`` and ``corpus`` are the references of those stages when the caller has them already, so that a user's
     model and pool are not resolved and fingerprinted a second time."""
@@ -48,6 +51,9 @@ def curate(config: RunConfig, steps: CurationSteps = CurationSteps(), model: dic
     vectors = {"pool_acts": pool_acts, "seed_acts": seed_acts,
                "pool_emb": steps.embeddings(root, pool_acts, sae, pooling, device),
                "seed_emb": steps.embeddings(root, seed_acts, sae, pooling, device)}
+    if config.select.uses_sentence_embedder:
+        vectors |= {"pool_sentences": steps.sentences(root, pool, device),
+                    "seed_sentences": steps.sentences(root, seeds, device)}
     curated = steps.curated(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": pool_acts, "sae": sae,
             "embeddings": vectors["pool_emb"], "curated": curated, "vectors": vectors}

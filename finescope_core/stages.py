@@ -38,6 +38,7 @@ from finescope_core.formats import (
     MANIFEST_FILE,
     METRICS_FILE,
     REQUIRED_DOC_COLUMNS,
+    SENTENCES_FILE,
     Ref,
 )
 from finescope_core.models import resolve
@@ -142,22 +143,30 @@ def _documents(table: pa.Table, where: str) -> pa.Table:
     return table.select(list(DOC_COLUMNS))
 
 
-def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref]) -> Ref:
-    """The documents and SAE embeddings of every shard in one folder (``docs.parquet``, ``embeddings.parquet``):
-    what selection ranks. Cheap: only concatenation."""
+def merged(root: str, shards: list[Ref], embeddings_refs: list[Ref], sentences_refs: list[Ref] | None = None) -> Ref:
+    """The documents of every shard in one folder (``docs.parquet``), with their SAE embeddings
+    (``embeddings.parquet``) and sentence embeddings (``sentences.parquet``), each where given: what selection
+    ranks. Cheap: only concatenation."""
     from finescope_core.embed import read_embeddings, write_embeddings
+
+    def concatenate(refs: list[Ref], filename: str, out: str) -> None:
+        parts = [read_embeddings(storage.join(ref["uri"], filename)) for ref in refs]
+        write_embeddings([doc_id for part in parts for doc_id in part.doc_ids],
+                         np.concatenate([part.matrix for part in parts]), storage.join(out, filename),
+                         parts[0].blocks)
 
     def work(out: str) -> dict:
         docs = pa.concat_tables([storage.read_parquet(storage.join(ref["uri"], DOCS_FILE)) for ref in shards])
-        parts = [read_embeddings(storage.join(ref["uri"], EMBEDDINGS_FILE)) for ref in embeddings_refs]
         storage.write_parquet(docs, storage.join(out, DOCS_FILE))
-        write_embeddings([doc_id for part in parts for doc_id in part.doc_ids],
-                         np.concatenate([part.matrix for part in parts]), storage.join(out, EMBEDDINGS_FILE),
-                         parts[0].blocks)
+        for refs, filename in ((embeddings_refs, EMBEDDINGS_FILE), (sentences_refs, SENTENCES_FILE)):
+            if refs:
+                concatenate(refs, filename, out)
         return {"n_docs": len(docs), "shards": len(shards)}
 
     inputs = {"shards": storage.fingerprint(*[ref["fingerprint"] for ref in shards]),
               "embeddings": storage.fingerprint(*[ref["fingerprint"] for ref in embeddings_refs])}
+    if sentences_refs:
+        inputs["sentences"] = storage.fingerprint(*[ref["fingerprint"] for ref in sentences_refs])
     return run_stage(root, "merged", inputs, None, work)
 
 
@@ -253,6 +262,21 @@ def embeddings(root: str, acts: Ref, sae_ref: Ref, pooling: str, device: str) ->
                      work)
 
 
+def sentences(root: str, docs: Ref, device: str = "cpu") -> Ref:
+    """The sentence embedder's (MiniLM's) vector of every document of ``docs`` (a pool, a pool's shard, the seeds):
+    made once per document set, so that a re-curation embeds only the shards that are new."""
+    from finescope_core.embed import minilm_embeddings, minilm_identity, write_embeddings
+
+    def work(out: str) -> dict:
+        table = storage.read_parquet(storage.join(docs["uri"], DOCS_FILE), ["doc_id", "text"])
+        matrix = minilm_embeddings(table["text"].to_pylist(), device)
+        write_embeddings(table["doc_id"].to_pylist(), matrix, storage.join(out, SENTENCES_FILE))
+        return {"n_docs": len(table), "dim": int(matrix.shape[1])}
+
+    return run_stage(root, "sentences", {"docs": docs, "embedder": minilm_identity(), **numerics(device)}, None,
+                     work)
+
+
 def middle_layer(layers: list[int]) -> int:
     """The captured layer the raw-activation baseline reads: the middle one of the dump's."""
     return layers[len(layers) // 2]
@@ -264,17 +288,11 @@ def _aligned(doc_ids: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarr
     return matrix[[position[d] for d in doc_ids]]
 
 
-def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table, refs: dict[str, Ref]):
-    """Pool and seed vectors of the configured selection method (the SAE codes for hybrid), rows aligned with the
-    tables."""
-    from finescope_core.embed import (
-        minilm_embeddings,
-        raw_activation_embeddings,
-        read_embeddings,
-        selection_vectors,
-    )
+def method_vectors(cfg: SelectConfig, pool_ids: list[str], seed_ids: list[str], refs: dict[str, Ref]):
+    """Pool and seed vectors of the configured selection method (the SAE codes for hybrid), rows in the order of
+    ``pool_ids`` and ``seed_ids``."""
+    from finescope_core.embed import raw_activation_embeddings, read_embeddings, selection_vectors
 
-    pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
     if cfg.method in ("sae", "hybrid"):
         pool = read_embeddings(storage.join(refs["pool_emb"]["uri"], EMBEDDINGS_FILE))
         seeds_ = read_embeddings(storage.join(refs["seed_emb"]["uri"], EMBEDDINGS_FILE))
@@ -287,9 +305,22 @@ def method_vectors(cfg: SelectConfig, pool_table: pa.Table, seed_table: pa.Table
         seeds_ = _aligned(seed_ids, *raw_activation_embeddings(storage.join(refs["seed_acts"]["uri"], "pooled"), layer))
         return docs, seeds_
     if cfg.method == "minilm":
-        return minilm_embeddings(pool_table["text"].to_pylist()), minilm_embeddings(seed_table["text"].to_pylist())
+        return sentence_vectors(pool_ids, seed_ids, refs)
     rng = np.random.default_rng(cfg.seed)
     return rng.standard_normal((len(pool_ids), 64)), rng.standard_normal((len(seed_ids), 64))
+
+
+def sentence_vectors(pool_ids: list[str], seed_ids: list[str], refs: dict[str, Ref]) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's and the seeds' sentence embeddings (``refs``' ``pool_sentences`` and ``seed_sentences``: a
+    ``sentences`` stage, or a merged pool's), rows in the order of ``pool_ids`` and ``seed_ids``."""
+    from finescope_core.embed import read_embeddings
+
+    if "pool_sentences" not in refs or "seed_sentences" not in refs:
+        raise ValueError("selection by a sentence embedder needs the pool's and the seeds' sentence embeddings "
+                         "(stages.sentences) among its vectors")
+    pool = read_embeddings(storage.join(refs["pool_sentences"]["uri"], SENTENCES_FILE))
+    seeds_ = read_embeddings(storage.join(refs["seed_sentences"]["uri"], SENTENCES_FILE))
+    return _aligned(pool_ids, pool.doc_ids, pool.matrix), _aligned(seed_ids, seeds_.doc_ids, seeds_.matrix)
 
 
 def eval_texts(eval_uri: str | None) -> list[str]:
@@ -308,12 +339,12 @@ def eval_texts(eval_uri: str | None) -> list[str]:
     return texts
 
 
-def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, pool_table: pa.Table,
-                      seed_table: pa.Table) -> np.ndarray:
+def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray,
+                      embedder: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """Every pool document's score under ``cfg``: the SAE codes' similarity to the seeds, with feedback; for hybrid,
-    a weighted mean of that and MiniLM's cosine after both are standardised. The baselines score as they always
-    have: plain max cosine (minilm, raw_act) or random."""
-    from finescope_core.embed import minilm_embeddings
+    a weighted mean of that and the sentence embeddings' cosine (``embedder``: the pool's and the seeds' vectors)
+    after both are standardised. The baselines score as they always have: plain max cosine (minilm, raw_act) or
+    random."""
     from finescope_core.select import hybrid_scores, max_cosine, seed_scores
 
     if cfg.method == "random":
@@ -322,9 +353,7 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray, po
         return max_cosine(docs, seeds)
     scores = seed_scores(docs, seeds, cfg.similarity, cfg.feedback_docs)
     if cfg.method == "hybrid":
-        embedder = max_cosine(minilm_embeddings(pool_table["text"].to_pylist()),
-                              minilm_embeddings(seed_table["text"].to_pylist()))
-        scores = hybrid_scores(scores, embedder, cfg.hybrid_weight)
+        scores = hybrid_scores(scores, max_cosine(*embedder), cfg.hybrid_weight)
     return scores
 
 
@@ -338,8 +367,10 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
     def work(out: str) -> dict:
         pool_table = storage.read_parquet(storage.join(pool_ref["uri"], DOCS_FILE))
         seed_table = storage.read_parquet(storage.join(seeds_ref["uri"], DOCS_FILE))
-        docs, seed_vectors = method_vectors(cfg, pool_table, seed_table, vectors_refs)
-        scores = _selection_scores(cfg, docs, seed_vectors, pool_table, seed_table)
+        pool_ids, seed_ids = pool_table["doc_id"].to_pylist(), seed_table["doc_id"].to_pylist()
+        docs, seed_vectors = method_vectors(cfg, pool_ids, seed_ids, vectors_refs)
+        embedder = sentence_vectors(pool_ids, seed_ids, vectors_refs) if cfg.method == "hybrid" else None
+        scores = _selection_scores(cfg, docs, seed_vectors, embedder)
         index = NgramIndex(eval_texts(eval_ref["uri"] if eval_ref else None)) if cfg.decontaminate else None
         chosen = select_top(scores, docs, pool_table["text"].to_pylist(), cfg.budget, cfg.threshold,
                             cfg.near_duplicate_cosine, index)

@@ -1,4 +1,4 @@
-"""Per-shard work of incremental curation (activation dump, SAE embedding), run shard-parallel.
+"""Per-shard work of incremental curation (activation dump, SAE embedding, sentence embedding), run shard-parallel.
 
 Each step is a subflow whose task runner comes from ``config.runner``: threads in the flow's process, or a Dask
 cluster through prefect-dask (an existing one at ``runner.address``, or a local one of ``runner.workers``
@@ -7,7 +7,7 @@ processes), so the dump and the embedding scale past one machine while the flow 
 
 from __future__ import annotations
 
-from finescope.tasks.stages import dump_acts, embed_documents
+from finescope.tasks.stages import dump_acts, embed_documents, embed_sentences
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -37,6 +37,13 @@ def dump_shards(root: str, model: Ref, shards: list[Ref], dump: DumpConfig, mode
 def embed_shards(root: str, acts: list[Ref], sae: Ref, pooling: str, device: str) -> list[Ref]:
     """The SAE embedding of every shard's dump (those embedded with this SAE before are reused)."""
     futures = [embed_documents.submit(root, ref, sae, pooling, device) for ref in acts]
+    return [future.result() for future in futures]
+
+
+@flow(name="embed-shard-sentences")
+def embed_shard_sentences(root: str, shards: list[Ref], device: str) -> list[Ref]:
+    """The sentence embedding of every shard's documents (those embedded before are reused)."""
+    futures = [embed_sentences.submit(root, shard, device) for shard in shards]
     return [future.result() for future in futures]
 
 

@@ -80,8 +80,8 @@ def choose_sae(root: str, model: Ref, acts: list[Ref], dump: config.DumpConfig, 
 
 
 @stage_task
-def merge_shards(root: str, shards: list[Ref], embeddings: list[Ref]) -> Ref:
-    return _logged("merged", stages.merged(root, shards, embeddings))
+def merge_shards(root: str, shards: list[Ref], embeddings: list[Ref], sentences: list[Ref] | None = None) -> Ref:
+    return _logged("merged", stages.merged(root, shards, embeddings, sentences))
 
 
 @named(lambda parameters: "sae-layers-" + "-".join(map(str, field(parameters["acts"], "info", "layers"))))
@@ -95,6 +95,14 @@ def train_sae(root: str, acts: Ref, sae: config.SAEConfig, device: str) -> Ref:
 @stage_task
 def embed_documents(root: str, acts: Ref, sae: Ref, pooling: str, device: str) -> Ref:
     return _logged("embeddings", stages.embeddings(root, acts, sae, pooling, device))
+
+
+@named(lambda parameters: f"sentences-{stage_label(parameters['docs'])}")
+@io_task
+def embed_sentences(root: str, docs: Ref, device: str) -> Ref:
+    """Not cached by Prefect: the sentence embedder's version is part of the stage identity, which the core reads
+    each run (and a finished embedding is returned at once)."""
+    return _logged("sentences", stages.sentences(root, docs, device))
 
 
 @named(lambda parameters: f"select-{field(parameters['select'], 'method')}-{field(parameters['select'], 'budget')}")

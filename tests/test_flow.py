@@ -54,7 +54,8 @@ def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope, prefect_api
     assert saved["paired"]["medicine"]["recovered"]["gap_closed"] is not None
     assert metrics["pruned"]["params"] < metrics["base"]["params"]
     assert "Beginning flow run 'finescope-medicine-tiny-random-llama'" in first.stderr
-    for task_run in ("dump-pool", "dump-seeds", "sae-layers-1", "select-sae-20", "prune-0.01", "recover-512-tokens",
+    for task_run in ("dump-pool", "dump-seeds", "sae-layers-1", "sentences-pool", "sentences-seeds",
+                     "select-hybrid-20", "prune-0.01", "recover-512-tokens",
                      "eval-tiny-random-llama", "eval-pruned", "eval-recovered"):
         assert f"Task run '{task_run}'" in first.stderr, task_run
     lookups = [line for line in first.stderr.splitlines() if " - model: " in line or " - corpus: " in line]

@@ -9,7 +9,7 @@ import pytest
 from finescope_core import pool_shards, sae_reuse, stages, storage
 from finescope_core.config import DumpConfig, ModelConfig, SAEConfig, SelectConfig
 from finescope_core.embed import embed_with_sae, read_embeddings
-from finescope_core.formats import EMBEDDINGS_FILE
+from finescope_core.formats import EMBEDDINGS_FILE, SENTENCES_FILE
 from finescope_core.sae import load_saes
 
 SAE = SAEConfig(expansion=2, k=4, training_tokens=4000, batch_size=256)
@@ -87,13 +87,49 @@ def test_incremental_selection_ranks_every_shard(tiny_model: Path, tmp_path: Pat
     model = stages.model_ref(ModelConfig(name="tiny-random-llama"))
     shards, acts = per_shard(root, model, pool, tiny_dump)
     sae = stages.sae(root, acts, SAE, "cpu")
-    merged = stages.merged(root, shards, [stages.embeddings(root, ref, sae, "max", "cpu") for ref in acts])
+    merged = stages.merged(root, shards, [stages.embeddings(root, ref, sae, "max", "cpu") for ref in acts],
+                           [stages.sentences(root, ref) for ref in shards])
     seeds = stages.seeds(root, str(repo / "seeds" / "medicine.jsonl"))
     seed_emb = stages.embeddings(root, stages.acts(root, model, seeds, tiny_dump, ModelConfig()), sae, "max", "cpu")
-    curated = stages.curated(root, merged, seeds, {"pool_emb": merged, "seed_emb": seed_emb}, None,
+    vectors = {"pool_emb": merged, "seed_emb": seed_emb, "pool_sentences": merged,
+               "seed_sentences": stages.sentences(root, seeds)}
+    curated = stages.curated(root, merged, seeds, vectors, None,
                              SelectConfig(budget=30, decontaminate=False, near_duplicate_cosine=1.0))
     chosen = storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"].to_pylist()
     assert len(chosen) == 30 and {doc_id.split("-")[0] for doc_id in chosen} == {"s0", "s1", "s2"}
+
+
+def test_sentence_embeddings_are_made_once_per_shard_and_merged_in_pool_order(tmp_path: Path, monkeypatch,
+                                                                               write_shard):
+    """The hybrid's sentence embedder runs on each shard once: a re-curation embeds only the new shard, and the
+    merged pool holds the same vectors as embedding every document at once."""
+    from finescope_core import embed
+
+    root, pool = str(tmp_path / "run"), tmp_path / "pool"
+    embedded: list[int] = []
+    real = embed.minilm_embeddings
+
+    def counted(texts: list[str], device: str = "cpu"):
+        embedded.append(len(texts))
+        return real(texts, device)
+
+    monkeypatch.setattr(embed, "minilm_embeddings", counted)
+
+    def curate_sentences() -> dict:
+        shards = [stages.shard(root, uri) for uri in pool_shards.shard_uris(str(pool))]
+        return stages.merged(root, shards, [], [stages.sentences(root, ref) for ref in shards])
+
+    for index in range(2):
+        write_shard(pool, index)
+    curate_sentences()
+    write_shard(pool, 2, n_docs=5)
+    merged = curate_sentences()
+    assert embedded == [12, 12, 5]  # the third run's two old shards were not embedded again
+
+    ids, matrix, _ = read_embeddings(storage.join(merged["uri"], SENTENCES_FILE))
+    docs = storage.read_parquet(storage.join(merged["uri"], "docs.parquet"))
+    assert ids == docs["doc_id"].to_pylist() and len(ids) == 29
+    np.testing.assert_allclose(matrix, embed.minilm_embeddings(docs["text"].to_pylist()), atol=1e-4)
 
 
 def test_a_shard_without_text_is_named(tmp_path: Path):

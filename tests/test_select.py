@@ -72,11 +72,11 @@ def test_combined_scores_weigh_methods_by_their_weights_whatever_their_scale():
     assert np.argmax(combined_scores(a, b, weights=(0.1, 0.9))) == 0
 
 
-def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_path):
+def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_path, monkeypatch):
     """Document a shares the seed's one large latent, document b its many small ones: the cosine keeps a, the
     generalised Jaccard b. The hybrid adds a sentence embedder's view, which sees that only c is about the seed's
     subject, although a's and b's SAE codes are nearer the seed's."""
-    from finescope_core import stages, storage
+    from finescope_core import embed, stages, storage
     from finescope_core.config import SelectConfig
     from finescope_core.embed import minilm_embeddings, write_embeddings
     from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE
@@ -97,10 +97,14 @@ def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_pa
     write_embeddings(list(codes), np.array(list(codes.values())), str(tmp_path / "pool_emb" / EMBEDDINGS_FILE))
     write_embeddings(seed_ids, np.array([[10.0, 1, 1, 1, 1]]), str(tmp_path / "seed_emb" / EMBEDDINGS_FILE))
     refs = {"pool_emb": {"uri": str(tmp_path / "pool_emb"), "fingerprint": "p"},
-            "seed_emb": {"uri": str(tmp_path / "seed_emb"), "fingerprint": "s"}}
+            "seed_emb": {"uri": str(tmp_path / "seed_emb"), "fingerprint": "s"},
+            "pool_sentences": stages.sentences(root, pool), "seed_sentences": stages.sentences(root, seeds)}
+    # selection reads the stored sentence embeddings: it never runs the embedder itself
+    monkeypatch.setattr(embed, "minilm_embeddings", lambda *args: pytest.fail("selection embedded texts again"))
 
     def first(**settings) -> str:
-        cfg = SelectConfig(budget=1, decontaminate=False, power=1.0, pooling="mean", feedback_docs=0, **settings)
+        cfg = SelectConfig(**{"method": "sae", "budget": 1, "decontaminate": False, "power": 1.0, "pooling": "mean",
+                              "feedback_docs": 0, **settings})
         curated = stages.curated(root, pool, seeds, refs, None, cfg)
         return storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"][0].as_py()
 

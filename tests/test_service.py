@@ -191,6 +191,7 @@ def test_a_rest_triggered_run_completes_with_its_artifacts_in_s3(service: Servic
 def test_new_shards_trigger_a_recuration_of_only_those_shards(service: Service, tmp_path: Path, write_shard):
     acts_before = s3_folders(service, "acts")
     embeddings_before = s3_folders(service, "embeddings")
+    sentences_before = s3_folders(service, "sentences")
     upload_shard(service, tmp_path, 2, write_shard)
     started = time.time()
     watch = service.post(f"/deployments/{service.deployments['watch-bucket']}/create_flow_run").json()
@@ -209,6 +210,7 @@ def test_new_shards_trigger_a_recuration_of_only_those_shards(service: Service, 
 
     assert len(s3_folders(service, "acts")) == len(acts_before) + 1
     assert len(s3_folders(service, "embeddings")) == len(embeddings_before) + 1
+    assert len(s3_folders(service, "sentences")) == len(sentences_before) + 1  # the hybrid's embedder too
     state = [path for path in service.s3.ls(f"{BUCKET}/runs/tiny/state", refresh=True) if "incremental-" in path]
     last = json.loads(service.s3.cat(state[0]))["last"]
     assert last["new_shards"] == 1 and last["action"] == "reused"

@@ -29,8 +29,10 @@ from finescope_core.addressing import stage_fingerprint
 from finescope_core.config import RunConfig
 from finescope_core.precision import resolve_precision
 
-RUN = "corpus pool seeds acts sae embeddings curated pruned distilled recovered eval speed report sweep".split()
-NUMERICS = {"acts", "sae", "embeddings", "pruned", "distilled", "recovered", "eval", "speed"}  # run on the device
+RUN = ("corpus pool seeds acts sae embeddings sentences curated pruned distilled recovered eval speed report "
+       "sweep").split()
+# run on the device
+NUMERICS = {"acts", "sae", "embeddings", "sentences", "pruned", "distilled", "recovered", "eval", "speed"}
 
 # The stages whose own settings each field is part of (an empty set: a field that changes no stage's output, or
 # one that names an input, whose id the stages then hold).
@@ -55,8 +57,9 @@ AFFECTS: dict[str, set[str]] = {
         "input_coordinates", "seed")},
     "sae.refit_drift": set(),  # whether an incremental run refits, not what a fit makes
     "select.seeds": {"seeds"}, "select.pooling": {"curated"},  # changed to mean, which the embeddings share
+    "select.method": {"curated", "sentences"},  # to sae: no sentence embeddings made
     **{f"select.{name}": {"curated"} for name in (
-        "budget", "threshold", "power", "method", "hybrid_weight", "similarity", "feedback_docs",
+        "budget", "threshold", "power", "hybrid_weight", "similarity", "feedback_docs",
         "near_duplicate_cosine", "decontaminate", "seed")},
     **{f"prune.{name}": {"pruned"} for name in (
         "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "calibration_samples", "calibration_tokens",
