@@ -14,10 +14,11 @@ the feedback score and MiniLM's cosine, each standardised, weighted by ``select.
 chosen by its mean precision@500 over both seed styles on the tuning domains only:
 - ``lodo``: for each demo domain, the setting chosen on the other four; for law and business, the setting chosen on
   all five demo domains (they chose nothing);
-- ``sae``: FineScope's default setting (``SelectConfig``: idf pooling, power 0.5, feedback from the top 20), chosen
-  as the grid's best on all five demo domains before the hybrid had feedback and a weight (the grid prints where it
-  stands now), so its demo-domain figures are in-sample and only law and business measure it; ``sae_cosine`` (the
-  default before this protocol), ``sae_jaccard``, ``hybrid``: the default pooling and power with another scoring.
+- ``hybrid``: FineScope's default (``SelectConfig``: the SAE score with idf pooling, power 0.5 and feedback from the
+  top 20, weighted ``select.hybrid_weight`` against MiniLM's cosine), its weight chosen on the five demo domains, so
+  its demo-domain figures are in-sample and only law and business measure it;
+- ``sae``: the SAE score alone with the same settings (``select.method sae``, the default before the hybrid's);
+  ``sae_cosine`` (the default before this protocol), ``sae_jaccard``: the same pooling and power, scored otherwise.
 Two measures:
 - precision@M: the fraction of selected documents whose source domain is the target (labels);
 - KL reduction at M = 500 (DSIR's, ``finescope_core.kl_reduction``): how much closer the selection's hashed word
