@@ -53,7 +53,6 @@ from finescope_core.config import (
 )
 from finescope_core.embed import (
     raw_activation_embeddings,
-    read_embeddings,
     selection_vectors,
     token_pooling,
 )
@@ -163,15 +162,10 @@ def main() -> None:
 
     def codes(dump: dict, ids: list[str], pooling: str) -> np.ndarray:
         embeddings = stages.embeddings(root, dump, sae, token_pooling(pooling), "cpu")
-        stored = read_embeddings(storage.join(embeddings["uri"], EMBEDDINGS_FILE))
-        return aligned(ids, stored.doc_ids, stored.matrix)
+        return stages.stored_vectors(embeddings, EMBEDDINGS_FILE, ids)
 
     pool_codes = {pooling: codes(acts, order, pooling) for pooling in ("mean", "max")}
-    def sentence_vectors(docs: dict, ids: list[str]) -> np.ndarray:
-        stored = read_embeddings(storage.join(stages.sentences(root, docs)["uri"], SENTENCES_FILE))
-        return aligned(ids, stored.doc_ids, stored.matrix)
-
-    pool_baseline = {"minilm": sentence_vectors(pool, order),
+    pool_baseline = {"minilm": stages.stored_vectors(stages.sentences(root, pool), SENTENCES_FILE, order),
                      "raw_act": aligned(order, *raw_activation_embeddings(storage.join(acts["uri"], "pooled"),
                                                                           layer)),
                      "random": np.random.default_rng(0).standard_normal((len(order), 64))}
@@ -196,7 +190,7 @@ def main() -> None:
         seed_ids = seed_table["doc_id"].to_pylist()
         seed_acts = stages.acts(root, model, seeds, dump_cfg, model_cfg)
         seed_codes = {pooling: codes(seed_acts, seed_ids, pooling) for pooling in ("mean", "max")}
-        seed_baseline = {"minilm": sentence_vectors(seeds, seed_ids),
+        seed_baseline = {"minilm": stages.stored_vectors(stages.sentences(root, seeds), SENTENCES_FILE, seed_ids),
                          "raw_act": aligned(seed_ids, *raw_activation_embeddings(
                              storage.join(seed_acts["uri"], "pooled"), layer))}
         minilm = max_cosine(pool_baseline["minilm"], seed_baseline["minilm"])

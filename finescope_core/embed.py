@@ -9,9 +9,9 @@ Baselines: the mean residual activation (no SAE) and a MiniLM sentence embedding
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -153,11 +153,18 @@ def minilm_identity() -> str:
     return f"{MINILM_PACKAGE}=={importlib.metadata.version(MINILM_PACKAGE)}"
 
 
-@functools.cache
+_MINILM_MODELS: dict[str, object] = {}
+_MINILM_LOADING = threading.Lock()
+
+
 def _minilm(device: str):
+    """The sentence embedder on ``device``, loaded once per process even when shards embed on several threads."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(minilm_folder()), device=device)
+    with _MINILM_LOADING:
+        if device not in _MINILM_MODELS:
+            _MINILM_MODELS[device] = SentenceTransformer(str(minilm_folder()), device=device)
+        return _MINILM_MODELS[device]
 
 
 def minilm_embeddings(texts: Sequence[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:

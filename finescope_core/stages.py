@@ -310,17 +310,23 @@ def method_vectors(cfg: SelectConfig, pool_ids: list[str], seed_ids: list[str], 
     return rng.standard_normal((len(pool_ids), 64)), rng.standard_normal((len(seed_ids), 64))
 
 
+def stored_vectors(ref: Ref, filename: str, ids: list[str]) -> np.ndarray:
+    """The vectors a stage stored in its ``filename`` (SAE codes, sentence embeddings), rows in the order of
+    ``ids``."""
+    from finescope_core.embed import read_embeddings
+
+    stored = read_embeddings(storage.join(ref["uri"], filename))
+    return _aligned(ids, stored.doc_ids, stored.matrix)
+
+
 def sentence_vectors(pool_ids: list[str], seed_ids: list[str], refs: dict[str, Ref]) -> tuple[np.ndarray, np.ndarray]:
     """The pool's and the seeds' sentence embeddings (``refs``' ``pool_sentences`` and ``seed_sentences``: a
     ``sentences`` stage, or a merged pool's), rows in the order of ``pool_ids`` and ``seed_ids``."""
-    from finescope_core.embed import read_embeddings
-
     if "pool_sentences" not in refs or "seed_sentences" not in refs:
         raise ValueError("selection by a sentence embedder needs the pool's and the seeds' sentence embeddings "
                          "(stages.sentences) among its vectors")
-    pool = read_embeddings(storage.join(refs["pool_sentences"]["uri"], SENTENCES_FILE))
-    seeds_ = read_embeddings(storage.join(refs["seed_sentences"]["uri"], SENTENCES_FILE))
-    return _aligned(pool_ids, pool.doc_ids, pool.matrix), _aligned(seed_ids, seeds_.doc_ids, seeds_.matrix)
+    return (stored_vectors(refs["pool_sentences"], SENTENCES_FILE, pool_ids),
+            stored_vectors(refs["seed_sentences"], SENTENCES_FILE, seed_ids))
 
 
 def eval_texts(eval_uri: str | None) -> list[str]:
