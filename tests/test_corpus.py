@@ -116,6 +116,17 @@ def test_code_is_also_scored_on_completing_python_functions(built: tuple[Path, d
         assert len(set(row["choices"])) == len(row["choices"]) >= 4 and 0 <= row["answer"] < len(row["choices"])
 
 
+def test_math_is_also_scored_on_sums_after_worked_examples(built: tuple[Path, dict[str, Any]]) -> None:
+    rows = pq.read_table(built[0] / "eval" / "math" / "mc.parquet").to_pylist()
+    sums = [r for r in rows if r["source"] == "basic_skills_arithmetic"]
+    assert 0 < len(sums) < len(rows)  # shared with MMLU's math questions
+    for row in sums:
+        *examples, question = row["context"].split("\n\n")
+        assert len(examples) == 5 and all(e.count(" = ") == 1 for e in examples)  # AI2's worked sums, each answered
+        assert question.endswith(" =")  # the item's own sum, the choices its candidate results
+        assert all(c.strip().lstrip("-").isdigit() for c in row["choices"])
+
+
 def test_pool_and_eval_are_disjoint(built: tuple[Path, dict[str, Any]], pool: list[dict[str, Any]]) -> None:
     out, manifest = built
     mc, text = _eval_rows(out, "mc"), _eval_rows(out, "text")

