@@ -3,7 +3,8 @@
 Usage: .venv/bin/python bench/prune.py [--domains medicine math] [--ratio 0.25] [--eval-docs 200]
 For each domain the demo config curates calibration data (dump -> SAE -> select, cached under --output); the model is
 pruned with the default settings calibrated on that curated data and on generic pool text, with the refit aimed at
-either target (the unpruned model's layer outputs, or the layer's own weights on the pruned model's inputs), then
+either target (the unpruned model's layer outputs, or the layer's own weights on the pruned model's inputs) and
+without the gradient refinement of the pruned MLPs (the least-squares refit alone), then
 with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares
 refit), and each is scored by held-out perplexity (no recovery). The first variant calibrated on curated text is
 pruned once more in a child process to read its peak RSS, and its forward alternates with the dense model's in
@@ -42,6 +43,7 @@ VARIANTS = {  # label -> (calibration text, settings that differ from the config
     "curated": ("curated", {}),
     "curated_dense_target": ("curated", {"refit_target": "dense"}),  # refit to the unpruned model's layer outputs
     "curated_own_target": ("curated", {"refit_target": "own"}),  # refit to the layer's weights on the pruned inputs
+    "curated_no_refine": ("curated", {"refine_steps": 0}),  # the least-squares refit alone, no gradient steps
     "generic": ("generic", {}),
     "magnitude": ("curated", {"importance": "magnitude"}),
     "random": ("curated", {"importance": "random"}),

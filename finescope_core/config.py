@@ -273,6 +273,12 @@ class PruneConfig(StageConfig):
         "passed up by the pruned layers below, but re-solves every weight of the projection on the calibration text "
         "and may fit it too closely).",
     )
+    refine_steps: int = Field(
+        64, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "
+        "through the activation) towards the refit's target after the least-squares refit (reconstruct only); 0 "
+        "keeps the closed-form refit alone."
+    )
+    refine_lr: float = Field(3e-3, gt=0, description="Peak learning rate of those steps (cosine decay to 0).")
     calibration: Literal["curated", "generic"] = Field(
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
     )

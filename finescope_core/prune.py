@@ -7,7 +7,8 @@ dense. Every layer keeps the same widths, so the result is a stock transformers 
 layers are pruned in order on calibration text and the output projections (``o_proj``, ``down_proj``) are refit by
 least squares (``finescope_core.layerwise``): by default to the layer's unpruned weights applied to the pruned
 model's inputs, or (``refit_target: dense``) to the unpruned model's layer outputs. Within a layer, the attention
-is pruned and refit first, and the MLP's statistics are taken on what that attention now feeds it.
+is pruned and refit first, and the MLP's statistics are taken on what that attention now feeds it. The pruned MLP is
+then tuned as a whole by a few gradient steps towards the same target (``finescope_core.refine``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.obs import obs_removal
 from finescope_core.progress import progress
+from finescope_core.refine import mlp_inputs, mlp_outputs, refine_mlp
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM")
 CALIBRATION_BATCH = 8  # sequences per forward in the layer-by-layer pass
@@ -171,11 +173,12 @@ def prune_part(layer, part: Part, blocks: list[int], shape: AttentionShape, stat
 
 
 def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: PruneConfig, inputs: LayerInputs | None,
-                scores: tuple[torch.Tensor, torch.Tensor] | None, dense_layer) -> tuple[list[int], list[int]]:
+                scores: tuple[torch.Tensor, torch.Tensor] | None, dense_layer) -> dict:
     """Prune one layer's attention, then its MLP, each on statistics taken as it is at that point (the MLP's after
     the attention above it is pruned and refit). ``scores`` are the (head, channel) scores of a calibration-free or
     gradient importance; ``dense_layer``, the layer before pruning, makes the refit target its outputs."""
     removed = []
+    unpruned_mlp = copy.deepcopy(layer.mlp) if refining(cfg) and dense_layer is None else None
     for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
         if part.per_group == 0 and dense_layer is None:  # nothing to remove, and nothing to correct
             removed.append([])
@@ -188,7 +191,27 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
         with torch.no_grad():
             prune_part(layer, part, blocks, shape, stats, cfg.reconstruct)
         removed.append(blocks)
-    return removed[0], removed[1]
+    record = {"query_heads": removed[0], "mlp_channels": removed[1]}
+    if refining(cfg):
+        record["refine"] = refine_layer_mlp(layer, index, inputs, cfg, unpruned_mlp, dense_layer)
+    return record
+
+
+def refining(cfg: PruneConfig) -> bool:
+    return cfg.reconstruct and cfg.refine_steps > 0
+
+
+def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, unpruned_mlp,
+                     dense_layer) -> dict[str, float]:
+    """Tune the pruned MLP by gradient steps towards the refit's target: the unpruned MLP on the pruned model's
+    inputs (``unpruned_mlp``), or with ``dense_layer`` the unpruned layer's MLP on the unpruned model's inputs."""
+    x = mlp_inputs(layer, inputs, index)
+    if dense_layer is None:
+        target = mlp_outputs(unpruned_mlp, x)
+    else:
+        target = mlp_outputs(dense_layer.mlp, mlp_inputs(dense_layer, inputs, index, dense=True))
+    generator = torch.Generator().manual_seed(cfg.seed + index)
+    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator)
 
 
 def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir: Path, cfg: PruneConfig,
@@ -215,8 +238,7 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
         scores = taylor[index] if taylor is not None else None
         if cfg.importance in ("magnitude", "random"):
             scores = static_scores(layer, cfg.importance, shape, generator)
-        heads, channels = prune_layer(layer, index, plan, shape, cfg, inputs, scores, dense_layer)
-        removed.append({"query_heads": heads, "mlp_channels": channels})
+        removed.append(prune_layer(layer, index, plan, shape, cfg, inputs, scores, dense_layer))
         if layerwise:
             run_layer(layer, inputs, index, advance=True)
         if correcting:

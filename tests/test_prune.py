@@ -1,4 +1,5 @@
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,8 @@ def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_mode
     used = {}
     monkeypatch.setattr(prune, "input_statistics", lambda *args: used.setdefault(args[3], input_statistics(*args)))
     cfg = PruneConfig(importance="activation", refit_target="own")
-    heads, channels = prune.prune_layer(layer, 0, prune.Plan(1, 8), shape, cfg, inputs, None, None)
+    record = prune.prune_layer(layer, 0, prune.Plan(1, 8), shape, cfg, inputs, None, None)
+    heads, channels = record["query_heads"], record["mlp_channels"]
     kept = [c for c in range(len(whole_attention)) if c not in channels]
     pruned_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram  # the kept channels' inputs
     assert len(heads) == shape.n_kv and len(channels) == 8
@@ -199,3 +201,27 @@ def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, 
         scores = document_scores(load_model(folder), tokenizer, docs, 128, 8)
         ppl[label] = math.exp(sum(scores["nll"]) / sum(scores["tokens"]))
     assert ppl["default"] < 0.5 * ppl["taylor"], ppl
+
+
+def test_refinement_brings_the_pruned_mlps_closer_to_the_unpruned_ones(tiny_model: Path, tmp_path: Path):
+    """Gradient steps on the kept MLP weights, after the least-squares refit, lower each layer's MLP error against
+    the refit's target, and so the model's distance from the dense logits on text the steps did not see; the
+    folder stays stock (same widths). Steps that raise that error (here, a rate far too large) are undone."""
+    dense = load_model(tiny_model)
+    words = random.Random(0).choices("the a patient heart drug dose blood cell test acute chronic pain".split(), k=6000)
+    texts = [" ".join(words[i : i + 400]) for i in range(0, len(words), 400)]
+    ids = prune.calibration_sequences(load_tokenizer(tiny_model), texts[10:], 8, 64)  # text not calibrated on
+    with torch.no_grad():
+        target = dense(input_ids=ids).logits
+    errors, reports = {}, {}
+    for name, steps, lr in (("none", 0, 1e-3), ("refined", 40, 1e-3), ("diverged", 40, 10.0)):
+        cfg = PruneConfig(ratio=0.01, calibration_samples=16, calibration_tokens=64, refine_steps=steps, refine_lr=lr)
+        reports[name] = prune_model(tiny_model, texts[:10], tmp_path / name, cfg)
+        with torch.no_grad():
+            errors[name] = (load_model(tmp_path / name)(input_ids=ids).logits - target).norm()
+    assert reports["refined"]["mlp_channels_removed_per_layer"] == reports["none"]["mlp_channels_removed_per_layer"]
+    refined = [layer["refine"] for layer in reports["refined"]["layers"]]
+    assert all(r["error_after"] < r["error_before"] for r in refined), refined
+    assert "refine" not in reports["none"]["layers"][0]
+    assert errors["refined"] < errors["none"], errors
+    assert errors["diverged"] == errors["none"], errors
