@@ -10,11 +10,10 @@ one MLP at a time, so memory holds one layer's inputs and targets, never a model
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from finescope_core.layerwise import LayerInputs, module_input
+from finescope_core.recover import warmup_cosine
 
 REFINE_BATCH_TOKENS = 2048  # calibration tokens per Adam step
 
@@ -57,7 +56,7 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
     for param in params:
         param.requires_grad_(True)
     optimiser = torch.optim.Adam(params, lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(0, steps))
     scale = target.square().mean().clamp_min(1e-12)
     with torch.enable_grad():
         for _ in range(steps):
