@@ -25,7 +25,8 @@ def perplexity(folder: Path, texts: list[str]) -> float:
 def test_gemma3_quarter_of_its_decoder_pruned_reloads_exactly(gemma3: Path, seed_texts, tmp_path: Path):
     held_out, calibration = seed_texts
     out = tmp_path / "pruned"
-    cfg = PruneConfig(ratio=0.25, ratio_of="decoder", calibration_samples=64, refine_steps=8)  # few steps: CI time
+    cfg = PruneConfig(ratio=0.25, ratio_of="decoder", calibration_samples=64,
+                      refine_steps=0)  # CI time; refinement of every family is in test_prune
     report = prune_model(gemma3, calibration, out, cfg)
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()  # stock transformers, no custom code
