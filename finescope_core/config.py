@@ -279,6 +279,12 @@ class PruneConfig(StageConfig):
         "keeps the closed-form refit alone."
     )
     refine_lr: float = Field(3e-3, gt=0, description="Peak learning rate of those steps (cosine decay to 0).")
+    precision: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Arithmetic of the refinement's steps: bfloat16 autocast (the weights and Adam's state "
+        "stay float32, and the error that keeps or undoes the steps is measured in float32), float32, or auto: "
+        "bfloat16 where the device computes it natively, float32 elsewhere. The choice of what to remove and the "
+        "least-squares refit are float32 or float64 in every case."
+    )
     calibration: Literal["curated", "generic"] = Field(
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
     )

@@ -8,6 +8,7 @@ bfloat16 where it is native and float32 elsewhere, so the same config is fast on
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Literal
 
@@ -47,3 +48,10 @@ def resolve_precision(precision: str, device: str) -> Precision:
     if precision not in ("bfloat16", "float32"):
         raise ValueError(f"precision={precision!r}: use auto, bfloat16 or float32")
     return precision
+
+
+def autocast(device: str, precision: Precision):
+    """bfloat16 autocast on ``device`` for a resolved ``precision`` of bfloat16; no change for float32."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

@@ -42,8 +42,9 @@ from finescope_core.layerwise import (
 from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.obs import obs_removal
+from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
-from finescope_core.refine import mlp_inputs, mlp_outputs, refine_mlp
+from finescope_core.refine import mlp_inputs, mlp_outputs, refine_mlp, storage_dtype
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM")
 CALIBRATION_BATCH = 8  # sequences per forward in the layer-by-layer pass
@@ -205,18 +206,20 @@ def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, u
                      dense_layer) -> dict[str, float]:
     """Tune the pruned MLP by gradient steps towards the refit's target: the unpruned MLP on the pruned model's
     inputs (``unpruned_mlp``), or with ``dense_layer`` the unpruned layer's MLP on the unpruned model's inputs."""
-    x = mlp_inputs(layer, inputs, index)
+    dtype = storage_dtype(cfg.precision)
+    x = mlp_inputs(layer, inputs, index, dtype=dtype)
     if dense_layer is None:
         target = mlp_outputs(unpruned_mlp, x)
     else:
-        target = mlp_outputs(dense_layer.mlp, mlp_inputs(dense_layer, inputs, index, dense=True))
+        target = mlp_outputs(dense_layer.mlp, mlp_inputs(dense_layer, inputs, index, dense=True, dtype=dtype))
     generator = torch.Generator().manual_seed(cfg.seed + index)
-    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator)
+    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator, cfg.precision)
 
 
 def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir: Path, cfg: PruneConfig,
                 device: str = "cpu") -> dict:
     """Prune ``model_dir`` to remove ``cfg.ratio`` of its parameters; save a stock transformers folder."""
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
     model = load_model(model_dir, device, "float32", in_memory=True)
     tokenizer = load_tokenizer(model_dir)
     check_supported(model)
@@ -258,6 +261,7 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
         "importance": cfg.importance,
         "reconstruct": cfg.reconstruct,
         "refit_target": cfg.refit_target if cfg.reconstruct else None,
+        "refine": {"steps": cfg.refine_steps, "precision": cfg.precision} if refining(cfg) else None,
         "calibration_tokens": int(sequences.numel()) if sequences is not None else 0,
         "layers": removed,
     }

@@ -21,7 +21,6 @@ any worker resumes where the last checkpoint left off. The result is a plain tra
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import torch
 from finescope_core import storage
 from finescope_core.config import RecoverConfig
 from finescope_core.models import load_model, load_tokenizer, prefix_token_id
-from finescope_core.precision import resolve_precision
+from finescope_core.precision import autocast, resolve_precision
 from finescope_core.progress import progress
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -193,12 +192,6 @@ def trainable_student(model, cfg: RecoverConfig):
     return model
 
 
-def _autocast(device: str, precision: str):
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-
-
 class TeacherStates:
     """The teacher body's last hidden states of each window, kept once computed (up to ``capacity_bytes``) for when
     the window comes back: the text repeats when it is shorter than the budget, and its windows are the same in every
@@ -255,7 +248,7 @@ class Distiller:
         """The recovery loss on ``windows`` (``batch x (sequence_tokens + 1)`` ids), ready for backward."""
         inputs, labels = windows[:, :-1].to(self.device), windows[:, 1:].reshape(-1).to(self.device)
         teacher_hidden = self.teacher_states(inputs) if self.teacher is not None else None
-        with _autocast(self.device, self.precision):
+        with autocast(self.device, self.precision):
             hidden = self.body(input_ids=inputs, use_cache=False).last_hidden_state.flatten(0, 1)
         teacher_weight = self.teacher_head.weight if self.teacher is not None else None
         return FusedHeadLoss.apply(hidden, self.head.weight, teacher_hidden, teacher_weight, labels,

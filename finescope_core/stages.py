@@ -424,6 +424,8 @@ def pruned(root: str, model: Ref, calibration: Ref, filename: str, cfg: PruneCon
     """The pruned model folder (stock transformers) and what was removed."""
     from finescope_core.prune import prune_model
 
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})  # what the work depends on
+
     def work(out: str) -> dict:
         texts = calibration_texts(calibration, filename, cfg.calibration_samples, cfg.seed,
                                   sample=cfg.calibration == "generic")

@@ -217,14 +217,18 @@ def test_refinement_brings_the_pruned_mlps_closer_to_the_unpruned_ones(family_mo
     with torch.no_grad():
         target = dense(input_ids=ids).logits
     errors, reports = {}, {}
-    for name, steps, lr in (("none", 0, 1e-3), ("refined", 40, 3e-4), ("diverged", 40, 10.0)):
-        cfg = PruneConfig(ratio=0.01, calibration_samples=16, calibration_tokens=64, refine_steps=steps, refine_lr=lr)
+    runs = (("none", 0, 1e-3, "float32"), ("refined", 40, 3e-4, "float32"), ("bfloat16", 40, 3e-4, "bfloat16"),
+            ("diverged", 40, 10.0, "float32"))
+    for name, steps, lr, precision in runs:
+        cfg = PruneConfig(ratio=0.01, calibration_samples=16, calibration_tokens=64, refine_steps=steps, refine_lr=lr,
+                          precision=precision)
         reports[name] = prune_model(family_model, texts[:10], tmp_path / name, cfg)
         with torch.no_grad():
             errors[name] = (load_model(tmp_path / name)(input_ids=ids).logits - target).norm()
     assert reports["refined"]["mlp_channels_removed_per_layer"] == reports["none"]["mlp_channels_removed_per_layer"]
-    refined = [layer["refine"] for layer in reports["refined"]["layers"]]
-    assert all(r["error_after"] < r["error_before"] for r in refined), refined
+    for name in ("refined", "bfloat16"):  # the steps in bfloat16 autocast do the same work
+        refined = [layer["refine"] for layer in reports[name]["layers"]]
+        assert all(r["error_after"] < r["error_before"] for r in refined), (name, refined)
+        assert errors[name] < errors["none"], errors
     assert "refine" not in reports["none"]["layers"][0]
-    assert errors["refined"] < errors["none"], errors
     assert errors["diverged"] == errors["none"], errors

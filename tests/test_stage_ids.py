@@ -62,7 +62,7 @@ AFFECTS: dict[str, set[str]] = {
         "budget", "threshold", "power", "hybrid_weight", "similarity", "feedback_docs",
         "near_duplicate_cosine", "decontaminate", "seed")},
     **{f"prune.{name}": {"pruned"} for name in (
-        "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "refine_steps", "refine_lr",
+        "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "refine_steps", "refine_lr", "precision",
         "calibration_samples", "calibration_tokens", "prune_heads", "width_multiple", "seed")},
     "prune.calibration": {"pruned"},
     **{f"distill.{name}": {"distilled"} for name in ("max_examples", "max_new_tokens", "generation_batch")},
@@ -212,7 +212,8 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
         "select.seeds": str(repo / "seeds" / "math.jsonl"), "eval.harness_tasks": ["arc_easy"],
         "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786",
         # "auto" resolves by the machine: the other explicit arithmetic is a change on every machine
-        "recover.precision": "float32" if resolve_precision("auto", "cpu") == "bfloat16" else "bfloat16"}
+        **{f"{stage}.precision": "float32" if resolve_precision("auto", "cpu") == "bfloat16" else "bfloat16"
+           for stage in ("prune", "recover")}}
     assert set(fields(base)) == set(AFFECTS), "enter each new config field in AFFECTS"
 
     before = recorded(base)
