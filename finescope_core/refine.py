@@ -45,13 +45,13 @@ def energy(target: torch.Tensor) -> float:
     return sum(float(rows.float().square().sum()) for rows in target.split(REFINE_BATCH_TOKENS))
 
 
-def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
-    """Squared error of ``mlp`` on ``x`` against ``target``, in float32, as a share of the target's energy (batch by
-    batch, so no second copy of the outputs is held)."""
+def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, target_energy: float) -> float:
+    """Squared error of ``mlp`` on ``x`` against ``target``, in float32, as a share of ``target_energy`` (its
+    :func:`energy`); batch by batch, so no second copy of the outputs is held."""
     with torch.no_grad():
         error = sum(float((mlp(rows.float()) - wanted.float()).square().sum())
                     for rows, wanted in zip(x.split(REFINE_BATCH_TOKENS), target.split(REFINE_BATCH_TOKENS)))
-    return error / max(energy(target), 1e-12)
+    return error / max(target_energy, 1e-12)
 
 
 def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
@@ -64,7 +64,8 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
 
     The error is not judged on rows kept out of the steps: the least-squares refit before them was solved on every
     row, so such rows favour the refit and would undo steps that do lower held-out perplexity (README, pruning)."""
-    before = relative_error(mlp, x, target)
+    target_energy = energy(target)
+    before = relative_error(mlp, x, target, target_energy)
     params = list(mlp.parameters())
     start = [param.detach().clone() for param in params]
     trainable = [param.requires_grad for param in params]
@@ -72,7 +73,7 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
         param.requires_grad_(True)
     optimiser = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(0, steps))
-    scale = max(energy(target) / target.numel(), 1e-12)
+    scale = max(target_energy / target.numel(), 1e-12)
     with torch.enable_grad():
         for _ in range(steps):
             rows = torch.randint(len(x), (min(REFINE_BATCH_TOKENS, len(x)),), generator=generator)
@@ -86,7 +87,7 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
     for param, flag in zip(params, trainable):
         param.requires_grad_(flag)
         param.grad = None
-    after = relative_error(mlp, x, target)
+    after = relative_error(mlp, x, target, target_energy)
     if not after < before:
         with torch.no_grad():
             for param, weights in zip(params, start):

@@ -206,14 +206,20 @@ def test_smollm2_refit_beats_llm_pruner_scoring_on_held_out_text(smollm2: Path, 
     assert ppl["default"] < 0.5 * ppl["taylor"], ppl
 
 
+def word_texts(seed: int, words: int, per_text: int) -> list[str]:
+    """Texts of ``per_text`` words drawn at random from a small medical vocabulary."""
+    drawn = random.Random(seed).choices("the a patient heart drug dose blood cell test acute chronic pain".split(),
+                                        k=words)
+    return [" ".join(drawn[i : i + per_text]) for i in range(0, words, per_text)]
+
+
 def test_refinement_brings_the_pruned_mlps_closer_to_the_unpruned_ones(family_model: Path, tmp_path: Path):
     """Gradient steps on the kept MLP weights, after the least-squares refit, lower each layer's MLP error against
     the refit's target, and so the model's distance from the dense logits on text the steps did not see, in every
     model family (their MLPs differ in activation); the folder stays stock (same widths). Steps that raise that
     error (here, a rate far too large) are undone."""
     dense = load_model(family_model)
-    words = random.Random(0).choices("the a patient heart drug dose blood cell test acute chronic pain".split(), k=6000)
-    texts = [" ".join(words[i : i + 400]) for i in range(0, len(words), 400)]
+    texts = word_texts(seed=0, words=6000, per_text=400)
     ids = prune.calibration_sequences(load_tokenizer(family_model), texts[10:], 8, 64)  # text not calibrated on
     with torch.no_grad():
         target = dense(input_ids=ids).logits
@@ -236,8 +242,7 @@ def test_refinement_in_bfloat16_lowers_the_error_and_keeps_float32_weights(tiny_
     """The steps under bfloat16 autocast (the default where the CPU computes it natively) do the float32 steps'
     work: every layer's error falls, and the saved weights stay float32. Few rows and steps, as bfloat16 is
     emulated, and far slower, on CPUs without it."""
-    words = random.Random(1).choices("the a patient heart drug dose blood cell test acute chronic pain".split(), k=3000)
-    texts = [" ".join(words[i : i + 300]) for i in range(0, len(words), 300)]
+    texts = word_texts(seed=1, words=3000, per_text=300)
     errors = {}
     for precision in ("bfloat16", "float32"):
         cfg = PruneConfig(ratio=0.01, calibration_samples=8, calibration_tokens=32, refine_steps=20,
