@@ -18,7 +18,6 @@ of a document is scored too and bits per byte covers every byte of the scored te
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +41,7 @@ from finescope_core.formats import (
 )
 from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.packed import can_pack, pack_item, packed_logprobs
-from finescope_core.precision import resolve_precision
+from finescope_core.precision import autocast, resolve_precision
 from finescope_core.progress import progress
 from finescope_core.stats import bootstrap_counts, bpb_ci, mean_ci, percentile_ci
 
@@ -95,9 +94,8 @@ def evaluate_model(
 def scoring_precision(model: PreTrainedModel, precision: str):
     """bfloat16 autocast for scoring (log-probabilities are still taken in float32), or plain arithmetic; "auto"
     picks the one the model's device computes natively."""
-    if resolve_precision(precision, str(model.device)) == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(model.device.type, dtype=torch.bfloat16)
+    device = str(model.device)
+    return autocast(device, resolve_precision(precision, device))
 
 
 DOC_UNITS = ("doc_id", "source", "nll", "tokens", "bytes")  # per-document scores (``document_scores``)
