@@ -1,15 +1,17 @@
 """Pruning quality, memory and speed on SmolLM2 at 25% of parameters removed, against LLM-Pruner's figures.
 
 Usage: .venv/bin/python bench/prune.py [--domains medicine math] [--ratio 0.25] [--eval-docs 200]
-For each domain the demo config curates calibration data (dump -> SAE -> select, cached under --output); the model is
-pruned with the default settings calibrated on that curated data and on generic pool text, with the refit aimed at
-either target (the unpruned model's layer outputs, or the layer's own weights on the pruned model's inputs) and
-without the gradient refinement of the pruned MLPs (the least-squares refit alone), then
-with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares
-refit), and each is scored by held-out perplexity (no recovery). The first variant calibrated on curated text is
-pruned once more in a child process to read its peak RSS, and its forward alternates with the dense model's in
-another fresh process for the speed-up. Gemma-3-270M, the second real model, is curated for the same domains and
-pruned with the defaults, its ratio counting the decoder layers' parameters (its embedding is most of the model).
+    [--pool-docs N --budget M]
+For each domain the demo config (its pool and budget changed by --pool-docs and --budget) curates calibration data
+(dump -> SAE -> select, cached under --output); the model is pruned with the default settings calibrated on that
+curated data and on generic pool text, with the refit aimed at either target (the unpruned model's layer outputs, or
+the layer's own weights on the pruned model's inputs) and without the gradient refinement of the pruned MLPs (the
+least-squares refit alone), then with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first,
+also without the least-squares refit), and each is scored by held-out perplexity (no recovery). The first variant
+calibrated on curated text is pruned once more in a child process to read its peak RSS, and its forward alternates
+with the dense model's in another fresh process for the speed-up. Gemma-3-270M, the second real model, is curated
+for the same domains and pruned with the defaults, its ratio counting the decoder layers' parameters (its embedding
+is most of the model).
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}},
 "gemma3": {"params_before", "params_after", "ppl": {"dense" | "curated": {DOMAIN: ppl}}}}.
 """
@@ -31,7 +33,7 @@ from common import REPO, cached, curated_refs
 
 from finescope_core import stages
 from finescope_core.addressing import STAGE_VERSIONS
-from finescope_core.config import PruneConfig, load_config, parse_overrides
+from finescope_core.config import PruneConfig, RunConfig, load_config, parse_overrides
 from finescope_core.evaluate import document_scores, read_docs
 from finescope_core.formats import CURATED_FILE, DOCS_FILE
 from finescope_core.importance import attention_shape, taylor_scores
@@ -120,10 +122,17 @@ def held_out_ppl(model, key: str, tokenizer, docs, cache: Path, eval_tokens: int
     return cached(cache / f"{key}-{len(docs)}x{eval_tokens}.json", compute)
 
 
+def curation_config(args: argparse.Namespace, extra: dict | None = None) -> RunConfig:
+    """The curation settings: the config file's, with the pool and budget the command line gives."""
+    chosen = {"data.max_pool_docs": args.pool_docs, "select.budget": args.budget}
+    overrides = {key: value for key, value in chosen.items() if value is not None}
+    return load_config(args.config, {"output": args.output, **overrides, **(extra or {})})
+
+
 def gemma3_figures(args: argparse.Namespace, base_prune: PruneConfig, score) -> dict:
     """Gemma-3-270M curated for each domain and pruned with the default settings, ``ratio`` of its decoder layers'
     parameters removed: parameter counts and held-out perplexity, dense and pruned."""
-    config = load_config(args.config, {"output": args.output, "model.name": GEMMA3})
+    config = curation_config(args, {"model.name": GEMMA3})
     cfg = base_prune.model_copy(update={"ratio_of": "decoder"})
     figures: dict = {"ppl": {"dense": {}, "curated": {}}}
     for domain in args.domains:
@@ -143,6 +152,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"), help="curation settings")
     parser.add_argument("--output", default=str(REPO / "runs" / "bench-prune"))
+    parser.add_argument("--pool-docs", type=int, default=None,
+                        help="pool documents curated from (default: the config's)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="documents the curation keeps, the calibration text (default: the config's)")
     parser.add_argument("--domains", nargs="+", default=["medicine", "math"])
     parser.add_argument("--ratio", type=float, default=0.25)
     parser.add_argument("--eval-docs", type=int, default=200)
@@ -155,7 +168,7 @@ def main() -> None:
                         help="change a prune setting for every variant, e.g. --set calibration_samples=64")
     args = parser.parse_args()
 
-    config = load_config(args.config, {"output": args.output})  # the curation settings
+    config = curation_config(args)
     overrides = parse_overrides(args.set)
     base_prune = PruneConfig(ratio=args.ratio, **overrides)  # the library's defaults, not the demo's
     variants = {label: VARIANTS[label] for label in args.variants if label != RECIPE}
