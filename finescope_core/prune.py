@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 
 from finescope_core.config import PruneConfig
+from finescope_core.heap import release_free_memory
 from finescope_core.importance import (
     TAYLOR,
     AttentionShape,
@@ -246,6 +247,7 @@ def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir
             run_layer(layer, inputs, index, advance=True)
         if correcting:
             run_layer(dense_layer, inputs, index, advance=True, dense=True)
+        release_free_memory()  # each layer's buffers would otherwise leave holes that raise the peak
     model.config.num_attention_heads = shape.n_kv * (shape.n_rep - plan.heads_per_group)
     model.config.head_dim = shape.head_dim
     model.config.intermediate_size -= plan.mlp_channels

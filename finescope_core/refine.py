@@ -17,6 +17,8 @@ from finescope_core.precision import Precision, autocast
 from finescope_core.recover import warmup_cosine
 
 REFINE_BATCH_TOKENS = 2048  # calibration tokens per Adam step
+PASS_ROWS = 512  # rows per forward (and backward) pass: the allocator keeps what a pass frees for reuse, so the
+# pass's size, not the step's, sets what the refinement adds to the process's peak memory
 
 
 def storage_dtype(precision: Precision) -> torch.dtype:
@@ -28,21 +30,31 @@ def storage_dtype(precision: Precision) -> torch.dtype:
 def mlp_inputs(layer, inputs: LayerInputs, index: int, dense: bool = False,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The MLP's input rows [tokens, hidden] in ``dtype`` over every calibration batch, from the pruned model's
-    stream or (with ``dense``) the unpruned model's."""
+    stream or (with ``dense``) the unpruned model's. Written batch by batch into one tensor: joining a list of the
+    batches' rows would hold every row twice at the peak."""
     states = inputs.dense if dense else inputs.hidden
-    batches = zip(states, inputs.kwargs[index])
-    return torch.cat([module_input(layer, "mlp", hidden, kwargs).to(dtype) for hidden, kwargs in batches])
+    rows = torch.empty(sum(hidden.shape[:-1].numel() for hidden in states), states[0].shape[-1], dtype=dtype)
+    start = 0
+    for hidden, kwargs in zip(states, inputs.kwargs[index]):
+        batch_rows = module_input(layer, "mlp", hidden, kwargs)
+        rows[start : start + len(batch_rows)] = batch_rows
+        start += len(batch_rows)
+    return rows
 
 
 def mlp_outputs(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``mlp`` applied to rows ``x`` (in float32, batch by batch, without gradients), held in ``x``'s dtype."""
+    """``mlp`` applied to rows ``x`` (in float32, batch by batch, without gradients), held in ``x``'s dtype and
+    written into one tensor, as :func:`mlp_inputs` is."""
+    outputs = torch.empty_like(x)
     with torch.no_grad():
-        return torch.cat([mlp(rows.float()).to(x.dtype) for rows in x.split(REFINE_BATCH_TOKENS)])
+        for rows, out in zip(x.split(PASS_ROWS), outputs.split(PASS_ROWS)):
+            out.copy_(mlp(rows.float()))
+    return outputs
 
 
 def energy(target: torch.Tensor) -> float:
     """The sum of squares of ``target`` in float32, batch by batch."""
-    return sum(float(rows.float().square().sum()) for rows in target.split(REFINE_BATCH_TOKENS))
+    return sum(float(rows.float().square().sum()) for rows in target.split(PASS_ROWS))
 
 
 def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, target_energy: float) -> float:
@@ -50,7 +62,7 @@ def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, 
     :func:`energy`); batch by batch, so no second copy of the outputs is held."""
     with torch.no_grad():
         error = sum(float((mlp(rows.float()) - wanted.float()).square().sum())
-                    for rows, wanted in zip(x.split(REFINE_BATCH_TOKENS), target.split(REFINE_BATCH_TOKENS)))
+                    for rows, wanted in zip(x.split(PASS_ROWS), target.split(PASS_ROWS)))
     return error / max(target_energy, 1e-12)
 
 
@@ -77,11 +89,12 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
     with torch.enable_grad():
         for _ in range(steps):
             rows = torch.randint(len(x), (min(REFINE_BATCH_TOKENS, len(x)),), generator=generator)
-            with autocast(str(x.device), precision):
-                output = mlp(x[rows].float())
-            loss = (output.float() - target[rows].float()).square().mean() / scale
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            for part in rows.split(PASS_ROWS):  # the batch's mean squared error, its gradient summed pass by pass
+                with autocast(str(x.device), precision):
+                    output = mlp(x[part].float())
+                error = (output.float() - target[part].float()).square().sum()
+                (error / (len(rows) * target.shape[-1] * scale)).backward()
             optimiser.step()
             schedule.step()
     for param, flag in zip(params, trainable):

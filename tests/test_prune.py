@@ -7,10 +7,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from finescope_core import prune
+from finescope_core import prune, refine
 from finescope_core.config import PruneConfig
 from finescope_core.importance import attention_shape
-from finescope_core.layerwise import capture_inputs, input_statistics
+from finescope_core.layerwise import capture_inputs, input_statistics, module_input
 from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.prune import plan_widths, prune_model
@@ -88,6 +88,20 @@ def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_mode
     assert len(heads) == shape.n_kv and len(channels) == 8
     assert torch.allclose(used["mlp.down_proj"].gram[kept][:, kept], pruned_attention, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(whole_attention[kept][:, kept], pruned_attention, rtol=1e-2)
+
+
+def test_refinement_rows_are_every_batch_s_mlp_inputs_in_order(tiny_model: Path):
+    """The refinement's rows are written batch by batch into one tensor (batches of unequal size here); they must
+    be exactly the MLP inputs of every batch in order, and its targets the MLP applied to them."""
+    model = load_model(tiny_model)
+    layer = decoder_layers(model)[0]
+    inputs = capture_inputs(model, list(torch.randint(0, 49152, (5, 12)).split(3)))
+    rows = refine.mlp_inputs(layer, inputs, 0)
+    expected = torch.cat([module_input(layer, "mlp", hidden, kwargs)
+                          for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[0])])
+    assert rows.shape == (5 * 12, model.config.hidden_size) and torch.equal(rows, expected)
+    with torch.no_grad():
+        assert torch.allclose(refine.mlp_outputs(layer.mlp, rows), layer.mlp(rows), atol=1e-6)
 
 
 def test_calibration_windows_open_like_evaluated_sequences(tiny_model: Path):
