@@ -8,8 +8,9 @@ curated data and on generic pool text, with the refit aimed at either target (th
 the layer's own weights on the pruned model's inputs) and without the gradient refinement of the pruned MLPs (the
 least-squares refit alone), then with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first,
 also without the least-squares refit), and each is scored by held-out perplexity (no recovery). The first variant
-calibrated on curated text is pruned once more in a child process to read its peak RSS, and its forward alternates
-with the dense model's in another fresh process for the speed-up. Gemma-3-270M, the second real model, is curated
+calibrated on curated text is pruned once more in a child process to read its peak RSS (on every domain's curated
+text in turn, so that it reads the windows it asks for), and its forward alternates with the dense model's in another
+fresh process for the speed-up. Gemma-3-270M, the second real model, is curated
 for the same domains and pruned with the defaults, its ratio counting the decoder layers' parameters (its embedding
 is most of the model).
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}},
@@ -81,8 +82,9 @@ def llm_pruner_recipe(model_uri: str, generic_texts: list[str], ratio: float):
     return model
 
 
-def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> float:
-    """Peak resident memory (bytes) of a fresh process that loads the model and prunes it.
+def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> tuple[float, int]:
+    """Peak resident memory (bytes) of a fresh process that loads the model and prunes it, and the calibration
+    tokens it read.
 
     Read from the child's VmHWM: its ru_maxrss would carry this (larger) process's high-water mark across exec.
     """
@@ -91,12 +93,14 @@ def peak_rss_of_pruning(model_uri: str, texts: list[str], cfg: PruneConfig) -> f
         texts_file.write_text(json.dumps(texts))
         code = ("import json, sys; from pathlib import Path; from finescope_core.config import PruneConfig;"
                 "from finescope_core.prune import prune_model;"
-                "prune_model(sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]) / 'out',"
+                "info = prune_model(sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]) / 'out',"
                 "PruneConfig.model_validate_json(sys.argv[4]));"
-                "print(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))")
+                "print(info['calibration_tokens'],"
+                "next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))")
         done = subprocess.run([sys.executable, "-c", code, model_uri, str(texts_file), scratch, cfg.model_dump_json()],
                               check=True, capture_output=True, text=True)
-    return int(done.stdout.strip().splitlines()[-1]) * 1024  # VmHWM is in KiB
+    tokens, peak_kib = done.stdout.strip().splitlines()[-1].split()
+    return int(peak_kib) * 1024, int(tokens)
 
 
 def speed_in_fresh_process(dense_uri: str, pruned_uri: str) -> tuple[float, float]:
@@ -176,7 +180,10 @@ def main() -> None:
     spread: dict[str, float] = {}  # half the range of the curated variant's perplexity over calibration seeds
 
     score = functools.partial(held_out_ppl, cache=Path(args.output) / "perplexity", eval_tokens=args.eval_tokens)
-    pruned_uri, calibration_of_first, counts = None, None, {}
+    # the peak is read on the first curated variant's settings and every domain's text for it, so that the pruner
+    # gets the calibration windows it asks for, as it does from a user's curation (the bench's may hold fewer)
+    pruned_uri, memory_cfg, memory_texts, counts = None, None, [], {}
+    first_curated = next((label for label, (source, _) in variants.items() if source == "curated"), None)
     for domain in args.domains:
         model_ref, corpus, calibration = curated_refs(config, domain)
         docs = read_docs(corpus["eval"], domain, args.eval_docs)
@@ -192,11 +199,10 @@ def main() -> None:
                 folder = str(stages.model_folder(ref))
                 by_seed.append(score(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
                 counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
-                if source == "curated" and pruned_uri is None:  # the first variant calibrated on curated text
-                    pruned_uri = stages.model_folder(ref)
-                    calibration_of_first = (stages.calibration_texts(calibration[source], filename,
-                                                                     cfg.calibration_samples, cfg.seed,
-                                                                     sample=source == "generic"), cfg)
+                if label == first_curated and seed == seeds[0]:
+                    pruned_uri, memory_cfg = pruned_uri or stages.model_folder(ref), memory_cfg or cfg
+                    memory_texts += stages.calibration_texts(calibration[source], filename, cfg.calibration_samples,
+                                                             cfg.seed, sample=False)
             ppl[label][domain] = statistics.mean(by_seed)
             if label == "curated":
                 spread[domain] = (max(by_seed) - min(by_seed)) / 2
@@ -208,7 +214,7 @@ def main() -> None:
             key = f"{domain}-{RECIPE}-{calibration['generic']['fingerprint']}-{args.ratio}-v{STAGE_VERSIONS['pruned']}"
             ppl[RECIPE][domain] = score(recipe, key, tokenizer, docs)
     model_bytes = 4 * counts["params_before"]
-    peak = peak_rss_of_pruning(model_ref["uri"], *calibration_of_first)
+    peak, peak_tokens = peak_rss_of_pruning(model_ref["uri"], memory_texts, memory_cfg)
     dense_tok_s, pruned_tok_s = speed_in_fresh_process(model_ref["uri"], pruned_uri)
     gemma3 = None if args.skip_gemma3 else gemma3_figures(args, base_prune, score)
 
@@ -219,8 +225,8 @@ def main() -> None:
     for label, row in ppl.items():
         print(f"{label:<22}" + "".join(f"{row[d]:>12.2f}" for d in args.domains))
     print(f"curated, {args.seeds} calibration seed(s): +-" + ", ".join(f"{d} {v:.2f}" for d, v in spread.items()))
-    print(f"peak RSS of pruning: {peak / 2**30:.2f} GiB = {peak / model_bytes:.2f}x the fp32 model "
-          f"({model_bytes / 2**30:.2f} GiB)")
+    print(f"peak RSS of pruning on {peak_tokens} calibration tokens: {peak / 2**30:.2f} GiB = "
+          f"{peak / model_bytes:.2f}x the fp32 model ({model_bytes / 2**30:.2f} GiB)")
     print(f"forward {SPEED_SHAPE}: dense {dense_tok_s:.0f} tok/s, pruned {pruned_tok_s:.0f} tok/s")
     summary = {**counts, "peak_rss_ratio": round(peak / model_bytes, 3),
                "speedup": round(pruned_tok_s / dense_tok_s, 3), "ppl": rounded(ppl)}
