@@ -10,9 +10,8 @@ least-squares refit alone), then with magnitude, random and LLM-Pruner's first-o
 also without the least-squares refit), and each is scored by held-out perplexity (no recovery). The first variant
 calibrated on curated text is pruned once more in a child process to read its peak RSS (on every domain's curated
 text in turn, so that it reads the windows it asks for), and its forward alternates with the dense model's in another
-fresh process for the speed-up. Gemma-3-270M, the second real model, is curated
-for the same domains and pruned with the defaults, its ratio counting the decoder layers' parameters (its embedding
-is most of the model).
+fresh process for the speed-up. Gemma-3-270M, the second real model, is curated for the same domains and pruned with
+the defaults, its ratio counting the decoder layers' parameters (its embedding is most of the model).
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}},
 "gemma3": {"params_before", "params_after", "ppl": {"dense" | "curated": {DOMAIN: ppl}}}}.
 """
@@ -200,7 +199,8 @@ def main() -> None:
                 by_seed.append(score(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
                 counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
                 if label == first_curated and seed == seeds[0]:
-                    pruned_uri, memory_cfg = pruned_uri or stages.model_folder(ref), memory_cfg or cfg
+                    if pruned_uri is None:  # the first domain's model and settings; every domain's text
+                        pruned_uri, memory_cfg = stages.model_folder(ref), cfg
                     memory_texts += stages.calibration_texts(calibration[source], filename, cfg.calibration_samples,
                                                              cfg.seed, sample=False)
             ppl[label][domain] = statistics.mean(by_seed)
