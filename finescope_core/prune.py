@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 
 from finescope_core.config import PruneConfig
-from finescope_core.heap import release_free_memory
+from finescope_core.heap import mapped_large_allocations, release_free_memory
 from finescope_core.importance import (
     TAYLOR,
     AttentionShape,
@@ -217,6 +217,7 @@ def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, u
     return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator, cfg.precision)
 
 
+@mapped_large_allocations()  # large buffers go back to the system when freed, which lowers the peak memory
 def prune_model(model_dir: str | Path, calibration_texts: Sequence[str], out_dir: Path, cfg: PruneConfig,
                 device: str = "cpu") -> dict:
     """Prune ``model_dir`` to remove ``cfg.ratio`` of its parameters; save a stock transformers folder."""
