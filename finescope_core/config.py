@@ -289,7 +289,7 @@ class PruneConfig(StageConfig):
         "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
     )
     calibration_samples: int = Field(
-        128, ge=1, description="Calibration sequences the pruner reads (the least-squares refit gains from more)."
+        256, ge=1, description="Calibration sequences the pruner reads (the least-squares refit gains from more)."
     )
     calibration_tokens: int = Field(128, ge=8, description="Tokens per calibration sequence.")
     prune_heads: bool = Field(
