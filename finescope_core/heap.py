@@ -5,7 +5,7 @@ The threshold adapts: each time a mapped block is freed it rises to that block's
 after a few large tensors come and go, tensors of several MiB land in the heap too. Pruning's buffers change size
 from one phase to the next (a layer's Gram matrix, its solves, the refinement's rows), so that memory piles up in holes
 the next phase cannot use, and the process's resident memory, with its peak, grows by it. Two remedies, each a no-op
-where the C library lacks the call: a fixed threshold for the pass (``mapped_large_allocations``), so that a large
+where the C library lacks the call: fixed thresholds for the pass (``mapped_large_allocations``), so that a large
 tensor's pages go back to the system when it is freed, and ``malloc_trim`` between phases (``release_free_memory``).
 """
 
@@ -17,9 +17,9 @@ import ctypes.util
 import functools
 from collections.abc import Iterator
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-PASS_MMAP_THRESHOLD = 4 * 2**20  # bytes: larger allocations are mapped, and unmapped when freed
-ADAPTIVE_CEILING = 32 * 2**20  # bytes: the highest threshold glibc's adaptive rule reaches on 64-bit
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+PASS_THRESHOLD = 4 * 2**20  # bytes: larger allocations are mapped, and free memory at the heap's top returned
+ADAPTIVE_CEILING = 32 * 2**20  # bytes: the highest mmap threshold glibc's adaptive rule reaches on 64-bit
 
 
 @functools.cache
@@ -35,19 +35,23 @@ def release_free_memory() -> None:
         libc.malloc_trim(0)
 
 
-def _set_mmap_threshold(size: int) -> bool:
+def _set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     libc = _libc()
-    return libc is not None and hasattr(libc, "mallopt") and bool(libc.mallopt(M_MMAP_THRESHOLD, size))
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                       trim_threshold))
 
 
 @contextlib.contextmanager
-def mapped_large_allocations(threshold: int = PASS_MMAP_THRESHOLD) -> Iterator[None]:
-    """Within the block, allocations of ``threshold`` bytes or more are mapped on their own and their pages return
-    to the system when freed. A fixed threshold cannot be handed back to glibc's adaptive rule, so afterwards it stays
-    at that rule's ceiling (32 MiB), where a long-running process's threshold settles anyway."""
-    changed = _set_mmap_threshold(threshold)
+def mapped_large_allocations(threshold: int = PASS_THRESHOLD) -> Iterator[None]:
+    """Within the block, memory of ``threshold`` bytes or more goes back to the system when freed: an allocation that
+    size is mapped on its own (unless free heap memory already holds it), and free memory of that size at the heap's
+    top is trimmed. Fixed thresholds cannot be handed back to glibc's adaptive rule, so afterwards they stay where that
+    rule's ceiling puts them (mmap 32 MiB, trim twice that), where a long-running process settles anyway."""
+    changed = _set_thresholds(threshold, threshold)
     try:
         yield
     finally:
         if changed:
-            _set_mmap_threshold(ADAPTIVE_CEILING)
+            _set_thresholds(ADAPTIVE_CEILING, 2 * ADAPTIVE_CEILING)
