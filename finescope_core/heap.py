@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 from collections.abc import Iterator
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
@@ -43,15 +44,24 @@ def _set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
                                                                                        trim_threshold))
 
 
+def _environment_threshold(name: str) -> int | None:
+    """A threshold the environment gave glibc (``MALLOC_TRIM_THRESHOLD_`` and the like: Dask's nanny, for one, sets
+    it for its workers), or None."""
+    value = os.environ.get(f"MALLOC_{name}_THRESHOLD_", "")
+    return int(value) if value.isdigit() else None
+
+
 @contextlib.contextmanager
 def mapped_large_allocations(threshold: int = PASS_THRESHOLD) -> Iterator[None]:
     """Within the block, memory of ``threshold`` bytes or more goes back to the system when freed: an allocation that
     size is mapped on its own (unless free heap memory already holds it), and free memory of that size at the heap's
-    top is trimmed. Fixed thresholds cannot be handed back to glibc's adaptive rule, so afterwards they stay where that
-    rule's ceiling puts them (mmap 32 MiB, trim twice that), where a long-running process settles anyway."""
-    changed = _set_thresholds(threshold, threshold)
+    top is trimmed. The setting is the whole process's (glibc has no other). Afterwards the thresholds return to
+    what the environment set, or, as glibc's adaptive rule cannot be restored, to where that rule's ceiling puts them
+    (mmap 32 MiB, trim twice that), where a long-running process settles anyway."""
+    mmap_set, trim_set = _environment_threshold("MMAP"), _environment_threshold("TRIM")
+    changed = _set_thresholds(min(threshold, mmap_set or threshold), min(threshold, trim_set or threshold))
     try:
         yield
     finally:
         if changed:
-            _set_thresholds(ADAPTIVE_CEILING, 2 * ADAPTIVE_CEILING)
+            _set_thresholds(mmap_set or ADAPTIVE_CEILING, trim_set or 2 * ADAPTIVE_CEILING)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
+from finescope_core import heap
 from finescope_core.heap import _libc
 
 # Run in a fresh process each time (mallopt changes the whole process, and a freed buffer leaves a hole the next one
@@ -27,7 +29,10 @@ with mapped_large_allocations() if sys.argv[1] == "within" else contextlib.nullc
 
 
 def given_back_mib(where: str) -> float:
-    done = subprocess.run([sys.executable, "-c", PROBE, where], check=True, capture_output=True, text=True)
+    """What the probe prints, under glibc's defaults: a ``MALLOC_*`` variable (Dask's nanny sets
+    ``MALLOC_TRIM_THRESHOLD_`` in the environment of a process that ran a cluster) turns the adaptive rule off."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", PROBE, where], check=True, capture_output=True, text=True, env=env)
     return float(done.stdout)
 
 
@@ -37,3 +42,27 @@ def test_a_freed_large_buffer_is_given_back_within_the_block():
     if given_back_mib("without") > 2:
         pytest.skip("this C library gives the buffer back by itself, so there is nothing to show")
     assert given_back_mib("within") > 6
+
+
+
+class RecordingLibc:
+    """Stands in for the C library: records each mallopt call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return 1
+
+
+def test_the_environment_s_thresholds_hold_again_after_the_block(monkeypatch):
+    """A worker whose environment asks glibc to trim eagerly (Dask's nanny does) keeps doing so after pruning, and
+    within it is not made to keep more than it asked."""
+    libc = RecordingLibc()
+    monkeypatch.setattr(heap, "_libc", lambda: libc)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with heap.mapped_large_allocations(4 * 2**20):
+        assert libc.calls == [(heap.M_MMAP_THRESHOLD, 4 * 2**20), (heap.M_TRIM_THRESHOLD, 65536)]
+    assert libc.calls[2:] == [(heap.M_MMAP_THRESHOLD, heap.ADAPTIVE_CEILING), (heap.M_TRIM_THRESHOLD, 65536)]
