@@ -44,7 +44,6 @@ def test_a_freed_large_buffer_is_given_back_within_the_block():
     assert given_back_mib("within") > 6
 
 
-
 class RecordingLibc:
     """Stands in for the C library: records each mallopt call."""
 
