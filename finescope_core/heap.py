@@ -29,19 +29,23 @@ def _libc() -> ctypes.CDLL | None:
     return ctypes.CDLL(name) if name else None
 
 
+def _libc_function(name: str):
+    """The C library's function ``name``, or None where there is no such library or function."""
+    return getattr(_libc(), name, None)
+
+
 def release_free_memory() -> None:
     """Return the heap's free pages to the operating system (glibc's ``malloc_trim``), where the C library can."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def _set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                                       trim_threshold))
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
 
 
 def _environment_threshold(name: str) -> int | None:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from finescope_core import heap
-from finescope_core.heap import _libc
+from finescope_core.heap import _libc_function
 
 # Run in a fresh process each time (mallopt changes the whole process, and a freed buffer leaves a hole the next one
 # would reuse): a 24 MiB tensor freed raises glibc's adaptive mmap threshold above 8 MiB, so an 8 MiB tensor comes
@@ -36,7 +36,7 @@ def given_back_mib(where: str) -> float:
     return float(done.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _libc() is None or not hasattr(_libc(), "mallopt"),
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _libc_function("mallopt") is None,
                     reason="glibc's mallopt only")
 def test_a_freed_large_buffer_is_given_back_within_the_block():
     if given_back_mib("without") > 2:
