@@ -63,9 +63,11 @@ def mapped_large_allocations(threshold: int = PASS_THRESHOLD) -> Iterator[None]:
     what the environment set, or, as glibc's adaptive rule cannot be restored, to where that rule's ceiling puts them
     (mmap 32 MiB, trim twice that), where a long-running process settles anyway."""
     mmap_set, trim_set = _environment_threshold("MMAP"), _environment_threshold("TRIM")
-    changed = _set_thresholds(min(threshold, mmap_set or threshold), min(threshold, trim_set or threshold))
+    within = (threshold if given is None else min(threshold, given) for given in (mmap_set, trim_set))
+    changed = _set_thresholds(*within)
     try:
         yield
     finally:
         if changed:
-            _set_thresholds(mmap_set or ADAPTIVE_CEILING, trim_set or 2 * ADAPTIVE_CEILING)
+            _set_thresholds(ADAPTIVE_CEILING if mmap_set is None else mmap_set,
+                            2 * ADAPTIVE_CEILING if trim_set is None else trim_set)

@@ -65,3 +65,14 @@ def test_the_environment_s_thresholds_hold_again_after_the_block(monkeypatch):
     with heap.mapped_large_allocations(4 * 2**20):
         assert libc.calls == [(heap.M_MMAP_THRESHOLD, 4 * 2**20), (heap.M_TRIM_THRESHOLD, 65536)]
     assert libc.calls[2:] == [(heap.M_MMAP_THRESHOLD, heap.ADAPTIVE_CEILING), (heap.M_TRIM_THRESHOLD, 65536)]
+
+
+def test_a_threshold_of_zero_from_the_environment_is_kept(monkeypatch):
+    """``MALLOC_MMAP_THRESHOLD_=0`` (map every allocation) is a setting, not an absent one: pruning keeps it."""
+    libc = RecordingLibc()
+    monkeypatch.setattr(heap, "_libc", lambda: libc)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "0")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with heap.mapped_large_allocations(4 * 2**20):
+        assert libc.calls == [(heap.M_MMAP_THRESHOLD, 0), (heap.M_TRIM_THRESHOLD, 4 * 2**20)]
+    assert libc.calls[2:] == [(heap.M_MMAP_THRESHOLD, 0), (heap.M_TRIM_THRESHOLD, 2 * heap.ADAPTIVE_CEILING)]
