@@ -10,15 +10,17 @@ sources, and ``seeds/prose/<domain>.jsonl``, plain statements and short notes in
 
 SAE settings form a grid: token pooling (mean, max, idf) x power normalisation (0.5, 1) x scoring (cosine;
 generalised Jaccard, MoNA's; pseudo-relevance feedback from the top 20; hybrid, ``select.method hybrid`` as shipped:
-the feedback score and MiniLM's cosine, each standardised, weighted by ``select.hybrid_weight``). A setting is
-chosen by its mean precision@500 over both seed styles on the tuning domains only:
+the feedback score and MiniLM's cosine, each standardised, weighted by ``select.hybrid_weight``) x graph re-ranking
+(off, or ``select.manifold_*`` as shipped: manifold ranking of the top budget x 4 on their neighbour graph). A setting
+is chosen by its mean precision@500 over both seed styles on the tuning domains only:
 - ``lodo``: for each demo domain, the setting chosen on the other four; for law and business, the setting chosen on
   all five demo domains (they chose nothing);
 - ``hybrid``: FineScope's default (``SelectConfig``: the SAE score with idf pooling, power 0.5 and feedback from the
-  top 20, weighted ``select.hybrid_weight`` against MiniLM's cosine), its weight chosen on the five demo domains, so
-  its demo-domain figures are in-sample and only law and business measure it;
-- ``sae``: the SAE score alone with the same settings (``select.method sae``, the default before the hybrid's);
-  ``sae_cosine`` (the default before this protocol), ``sae_jaccard``: the same pooling and power, scored otherwise.
+  top 20, weighted ``select.hybrid_weight`` against MiniLM's cosine, then re-ranked on the graph), its settings
+  chosen on the five demo domains, so its demo-domain figures are in-sample and only law and business measure it;
+- ``sae``: the SAE score alone with the same settings (``select.method sae``); ``sae_cosine``, ``sae_jaccard``: the
+  same pooling, power and re-ranking, scored otherwise; ``hybrid_first_pass`` and ``sae_first_pass``: the two
+  without the graph re-ranking (the defaults before it).
 Two measures:
 - precision@M: the fraction of selected documents whose source domain is the target (labels);
 - KL reduction at M = 500 (DSIR's, ``finescope_core.kl_reduction``): how much closer the selection's hashed word
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +62,9 @@ from finescope_core.embed import (
 from finescope_core.evaluate import read_docs
 from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE, SENTENCES_FILE
 from finescope_core.kl_reduction import kl_reduction
+from finescope_core.manifold import manifold_scores
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import hybrid_scores, max_cosine, seed_scores, select_top
+from finescope_core.select import hybrid_scores, hybrid_vectors, max_cosine, seed_scores, select_top
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (100, 500)
@@ -81,9 +85,20 @@ class Setting:
     pooling: str
     power: float
     scoring: str  # cosine, jaccard, feedback (select.feedback_docs 20) or hybrid (select.method hybrid)
+    graph: bool  # re-ranked on the candidates' neighbour graph (select.manifold_* as shipped)
 
     def __str__(self) -> str:
-        return f"{self.pooling}/power {self.power}/{self.scoring}"
+        return f"{self.pooling}/power {self.power}/{self.scoring}" + ("/graph" if self.graph else "")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A method's first-pass scores of the pool, the vectors its near-duplicate test compares, and, for a setting
+    with the graph re-ranking, the vectors of given rows that its graph compares."""
+
+    scores: np.ndarray
+    vectors: np.ndarray
+    graph_vectors: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 SCORINGS = ("cosine", "jaccard", "feedback", "hybrid")
@@ -91,19 +106,23 @@ SCORINGS = ("cosine", "jaccard", "feedback", "hybrid")
 
 def shipped_settings() -> tuple[Setting, dict[str, Setting]]:
     """FineScope's default as a grid setting, and the methods the figures name: the shipped SAE score ("sae"), the
-    hybrid, and the shipped pooling and power with each other scoring ("sae_<scoring>")."""
+    hybrid, the shipped pooling, power and re-ranking with each other scoring ("sae_<scoring>"), and the first two
+    without the re-ranking ("<name>_first_pass")."""
     assert SHIPPED.feedback_docs in (0, FEEDBACK_DOCS) and SHIPPED.method in ("sae", "hybrid"), \
         "the default is outside the grid"
     assert SHIPPED.similarity == "cosine" or SHIPPED.method == "sae", "the grid's hybrid scores by cosine"
     sae_scoring = "feedback" if SHIPPED.feedback_docs else SHIPPED.similarity
     named = {("sae" if scoring == sae_scoring else "hybrid" if scoring == "hybrid" else f"sae_{scoring}"):
-             Setting(SHIPPED.pooling, SHIPPED.power, scoring) for scoring in SCORINGS}
+             Setting(SHIPPED.pooling, SHIPPED.power, scoring, SHIPPED.reranks) for scoring in SCORINGS}
+    if SHIPPED.reranks:
+        named |= {f"{name}_first_pass": Setting(SHIPPED.pooling, SHIPPED.power, scoring, False)
+                  for name, scoring in (("hybrid", "hybrid"), ("sae", sae_scoring))}
     return named[SHIPPED.method], named
 
 
 DEFAULT, NAMED = shipped_settings()
 GRID = [DEFAULT] + [s for s in itertools.starmap(Setting, itertools.product(("mean", "max", "idf"), (0.5, 1.0),
-                                                                             SCORINGS)) if s != DEFAULT]
+                                                                             SCORINGS, (False, True))) if s != DEFAULT]
 BASELINES = ("minilm", "raw_act", "random")
 
 
@@ -112,16 +131,21 @@ def aligned(order: list[str], ids: list[str], matrix: np.ndarray) -> np.ndarray:
     return matrix[[row[d] for d in order]]
 
 
-def sae_scores(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray, blocks: int,
-               minilm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The pool's scores under ``setting`` and the vectors its near-duplicate test compares."""
+def sae_ranking(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray, blocks: int,
+                minilm_scores: np.ndarray, pool_minilm: np.ndarray, shared: dict) -> Ranking:
+    """The pool's first-pass scores under ``setting``, with the vectors its near-duplicate test and its graph
+    compare. The pool's selection vectors depend on pooling and power only: ``shared`` holds one copy of each for
+    every ranking (a copy per setting and seed file would not fit in memory with several layers' codes)."""
     docs, seeds = selection_vectors(pool_codes, seed_codes, setting.pooling, setting.power, blocks)
+    docs = shared.setdefault((setting.pooling, setting.power), docs)
     similarity = "jaccard" if setting.scoring == "jaccard" else "cosine"
     feedback = {"feedback": FEEDBACK_DOCS, "hybrid": SHIPPED.feedback_docs}.get(setting.scoring, 0)
     scores = seed_scores(docs, seeds, similarity, feedback)
+    graph_vectors = docs.__getitem__
     if setting.scoring == "hybrid":
-        scores = hybrid_scores(scores, minilm, SHIPPED.hybrid_weight)
-    return scores, docs
+        scores = hybrid_scores(scores, minilm_scores, SHIPPED.hybrid_weight)
+        graph_vectors = lambda rows: hybrid_vectors(docs[rows], pool_minilm[rows], SHIPPED.hybrid_weight)  # noqa: E731
+    return Ranking(scores, docs, graph_vectors if setting.graph else None)
 
 
 Precisions = dict[Setting, dict[str, dict[str, float]]]  # setting -> seed style -> domain -> precision@500
@@ -172,17 +196,19 @@ def main() -> None:
     contamination = NgramIndex(stages.eval_texts(corpus["eval"]))
     chance = [texts[i] for i in np.random.default_rng(1).choice(len(texts), KL_BUDGET, replace=False)]
 
-    def selected(scores: np.ndarray, vectors: np.ndarray, budget: int) -> list[int]:
-        return select_top(scores, vectors, texts, budget, None, SHIPPED.near_duplicate_cosine,
+    def selected(ranking: Ranking, budget: int) -> list[int]:
+        scores = ranking.scores
+        if ranking.graph_vectors is not None:
+            scores = manifold_scores(scores, ranking.graph_vectors, budget * SHIPPED.manifold_candidates,
+                                     SHIPPED.manifold_neighbours, SHIPPED.manifold_alpha)
+        return select_top(scores, ranking.vectors, texts, budget, None, SHIPPED.near_duplicate_cosine,
                           contamination).indices
 
     def precision(indices: list[int], domain: str) -> float:
         return round(float((domains_of[indices] == domain).mean()), 3)
 
     p500: Precisions = {s: {style: {} for style in SEED_STYLES} for s in GRID}
-    rankings: dict[tuple[str, str], dict] = {}  # (style, domain) -> scores and vectors of every setting and baseline
-    # The pool's selection vectors depend on pooling and power only: one copy each, shared by every ranking (a copy
-    # per setting and seed file would not fit in memory with several layers' codes).
+    rankings: dict[tuple[str, str], dict] = {}  # (style, domain) -> the ranking of every setting and baseline
     shared: dict[tuple[str, float], np.ndarray] = {}
     for domain, (style, folder) in itertools.product(DOMAINS, SEED_STYLES.items()):
         seeds = stages.seeds(root, str(folder / f"{domain}.jsonl"))
@@ -194,15 +220,15 @@ def main() -> None:
                          "raw_act": aligned(seed_ids, *raw_activation_embeddings(
                              storage.join(seed_acts["uri"], "pooled"), layer))}
         minilm = max_cosine(pool_baseline["minilm"], seed_baseline["minilm"])
-        ranked = {"minilm": (minilm, pool_baseline["minilm"]),
-                  "raw_act": (max_cosine(pool_baseline["raw_act"], seed_baseline["raw_act"]),
-                              pool_baseline["raw_act"]),
-                  "random": (np.random.default_rng(0).random(len(order)), pool_baseline["random"])}
+        ranked = {"minilm": Ranking(minilm, pool_baseline["minilm"]),
+                  "raw_act": Ranking(max_cosine(pool_baseline["raw_act"], seed_baseline["raw_act"]),
+                                     pool_baseline["raw_act"]),
+                  "random": Ranking(np.random.default_rng(0).random(len(order)), pool_baseline["random"])}
         for setting in GRID:
             pooled = token_pooling(setting.pooling)
-            scores, vectors = sae_scores(setting, pool_codes[pooled], seed_codes[pooled], len(layers), minilm)
-            ranked[setting] = scores, shared.setdefault((setting.pooling, setting.power), vectors)
-            p500[setting][style][domain] = precision(selected(*ranked[setting], 500), domain)
+            ranked[setting] = sae_ranking(setting, pool_codes[pooled], seed_codes[pooled], len(layers), minilm,
+                                          pool_baseline["minilm"], shared)
+            p500[setting][style][domain] = precision(selected(ranked[setting], 500), domain)
         rankings[style, domain] = ranked
         print(f"scored {domain} ({style} seeds)", flush=True)
 
@@ -217,7 +243,7 @@ def main() -> None:
         suffix = "" if style == "template" else "_other_seeds"
         for method in methods:
             key = lodo[domain] if method == "lodo" else NAMED.get(method, method)
-            top = {budget: selected(*ranked[key], budget)
+            top = {budget: selected(ranked[key], budget)
                    for budget in (BUDGETS if style == "template" else (KL_BUDGET,))}
             for budget, indices in top.items():
                 figures[f"precision_at_{budget}{suffix}"][method][domain] = precision(indices, domain)
@@ -236,10 +262,10 @@ def main() -> None:
     print("\nleave-one-domain-out choices: " + ", ".join(f"{d}: {s}" for d, s in lodo.items()))
     for key, table in figures.items():
         print(f"\n{key}")
-        print(f"{'method':<13}" + "".join(f"{d:>10}" for d in DOMAINS) + f"{'mean':>10}")
+        print(f"{'method':<19}" + "".join(f"{d:>10}" for d in DOMAINS) + f"{'mean':>10}")
         for method, row in table.items():
             cells = "".join(f"{row[d]:>10.3f}" for d in DOMAINS)
-            print(f"{method:<13}{cells}{np.mean(list(row.values())):>10.3f}")
+            print(f"{method:<19}{cells}{np.mean(list(row.values())):>10.3f}")
     print(json.dumps({"default": SHIPPED.method, **figures, "lodo_settings": {d: str(s) for d, s in lodo.items()},
                       "grid_precision_at_500": grid, "held_out_domains": HELD_OUT, "tuned_on": list(DEMO_DOMAINS)}))
 

@@ -196,8 +196,8 @@ class SelectConfig(StageConfig):
     )
     budget: int = Field(500, ge=1, description="Documents to keep (top M by score).")
     threshold: float | None = Field(
-        None, ge=-1, le=1, description="Also drop documents whose score is below this (a similarity; for hybrid, "
-        "standard deviations above the pool's mean score)."
+        None, ge=-1, le=1, description="Also drop documents whose first-pass score is below this (a similarity; "
+        "for hybrid, standard deviations above the pool's mean score); with the graph re-ranking, before it."
     )
     pooling: Literal["mean", "max", "idf"] = Field(
         "idf", description="How token SAE codes pool into a document: mean, max, or mean weighted by each latent's "
@@ -227,6 +227,21 @@ class SelectConfig(StageConfig):
         "averaged with the document's similarity to the centroid of this many top-ranked documents, which are "
         "written in the pool's own style (0: off)."
     )
+    manifold_alpha: float = Field(
+        0.99, ge=0, lt=1, description="Graph re-ranking of the best candidates (methods sae and hybrid; manifold "
+        "ranking): each candidate's score spreads along a nearest-neighbour graph of the candidates, so documents "
+        "like the ones the seeds found rise, and a cluster the seeds touch at its edge is taken whole. The share of "
+        "a score that comes from the neighbours, the rest from the document's own first-pass score (0: off)."
+    )
+    manifold_neighbours: int = Field(
+        10, ge=1, description="With the graph re-ranking, how many nearest neighbours (cosine of the vectors the "
+        "scores compared; for hybrid, the same weighted mean of the two cosines) each candidate links to."
+    )
+    manifold_candidates: int = Field(
+        4, ge=1, description="With the graph re-ranking, candidates per document of the budget: the graph covers "
+        "the top budget x this by first-pass score (its cost grows with their square); the rest keep their order "
+        "below them."
+    )
     near_duplicate_cosine: float = Field(0.98, gt=0, le=1, description="Drop a document this similar to a kept one.")
     decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with the eval sets.")
     seed: int = Field(0, description="Seed of the random baseline.")
@@ -235,6 +250,11 @@ class SelectConfig(StageConfig):
     def uses_sentence_embedder(self) -> bool:
         """Whether this selection reads the sentence embedder's vectors (methods hybrid and minilm)."""
         return self.method in ("hybrid", "minilm")
+
+    @property
+    def reranks(self) -> bool:
+        """Whether the first-pass scores are re-ranked on the candidates' neighbour graph."""
+        return self.method in ("sae", "hybrid") and self.manifold_alpha > 0
 
     @model_validator(mode="after")
     def _jaccard_needs_sae_codes(self) -> SelectConfig:

@@ -83,6 +83,13 @@ def hybrid_scores(sae: np.ndarray, embedder: np.ndarray, sae_weight: float) -> n
     return combined_scores(sae, embedder, weights=(sae_weight, 1 - sae_weight))
 
 
+def hybrid_vectors(sae: np.ndarray, embedder: np.ndarray, sae_weight: float) -> np.ndarray:
+    """The SAE vectors and the sentence embeddings side by side, each L2-normalised and scaled by the square root of
+    its weight, so that the cosine of two documents is the hybrid's weighted mean of their two cosines."""
+    return np.concatenate([np.sqrt(sae_weight) * l2_normalise(np.asarray(sae, np.float32)),
+                           np.sqrt(1 - sae_weight) * l2_normalise(np.asarray(embedder, np.float32))], axis=1)
+
+
 def text_key(text: str) -> str:
     """Exact-duplicate key: the text with case and whitespace folded."""
     return hashlib.sha1(re.sub(r"\s+", " ", text.strip().lower()).encode()).hexdigest()
@@ -100,7 +107,8 @@ class Selection:
 def select_top(scores: np.ndarray, embeddings: np.ndarray, texts: Sequence[str], budget: int,
                threshold: float | None = None, near_duplicate_cosine: float = 0.98,
                contamination: NgramIndex | None = None) -> Selection:
-    """Walk the ranking and keep up to ``budget`` documents that are neither duplicates nor contaminated."""
+    """Walk the ranking and keep up to ``budget`` documents that are neither duplicates nor contaminated. The walk
+    stops at the first score below ``threshold`` or at -inf (a document a re-ranking excluded)."""
     if budget > len(scores):
         raise ValueError(f"select.budget={budget} is larger than the pool ({len(scores)} documents); lower it")
     order = np.argsort(-scores, kind="stable")
@@ -111,7 +119,7 @@ def select_top(scores: np.ndarray, embeddings: np.ndarray, texts: Sequence[str],
     for index in order:
         if len(kept) == budget:
             break
-        if threshold is not None and scores[index] < threshold:
+        if not np.isfinite(scores[index]) or (threshold is not None and scores[index] < threshold):
             skipped["below_threshold"] = len(order) - len(kept) - sum(skipped.values())
             break
         key = text_key(texts[index])

@@ -349,9 +349,11 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray,
                       embedder: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     """Every pool document's score under ``cfg``: the SAE codes' similarity to the seeds, with feedback; for hybrid,
     a weighted mean of that and the sentence embeddings' cosine (``embedder``: the pool's and the seeds' vectors)
-    after both are standardised. The baselines score as they always have: plain max cosine (minilm, raw_act) or
-    random."""
-    from finescope_core.select import hybrid_scores, max_cosine, seed_scores
+    after both are standardised; then, where ``cfg.reranks``, the threshold applied and the best candidates
+    re-ranked on their neighbour graph. The baselines score as they always have: plain max cosine (minilm, raw_act)
+    or random."""
+    from finescope_core.manifold import manifold_scores
+    from finescope_core.select import hybrid_scores, hybrid_vectors, max_cosine, seed_scores
 
     if cfg.method == "random":
         return np.random.default_rng(cfg.seed).random(len(docs))
@@ -360,7 +362,18 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray,
     scores = seed_scores(docs, seeds, cfg.similarity, cfg.feedback_docs)
     if cfg.method == "hybrid":
         scores = hybrid_scores(scores, max_cosine(*embedder), cfg.hybrid_weight)
-    return scores
+    if not cfg.reranks:
+        return scores
+    if cfg.threshold is not None:
+        scores = np.where(scores < cfg.threshold, -np.inf, scores)
+
+    def graph_vectors(rows: np.ndarray) -> np.ndarray:
+        if cfg.method == "hybrid":
+            return hybrid_vectors(docs[rows], embedder[0][rows], cfg.hybrid_weight)
+        return docs[rows]
+
+    return manifold_scores(scores, graph_vectors, cfg.budget * cfg.manifold_candidates, cfg.manifold_neighbours,
+                           cfg.manifold_alpha)
 
 
 def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Ref], eval_ref: Ref | None,
@@ -378,7 +391,8 @@ def curated(root: str, pool_ref: Ref, seeds_ref: Ref, vectors_refs: dict[str, Re
         embedder = sentence_vectors(pool_ids, seed_ids, vectors_refs) if cfg.method == "hybrid" else None
         scores = _selection_scores(cfg, docs, seed_vectors, embedder)
         index = NgramIndex(eval_texts(eval_ref["uri"] if eval_ref else None)) if cfg.decontaminate else None
-        chosen = select_top(scores, docs, pool_table["text"].to_pylist(), cfg.budget, cfg.threshold,
+        threshold = None if cfg.reranks else cfg.threshold  # a re-ranking applied it to the first pass
+        chosen = select_top(scores, docs, pool_table["text"].to_pylist(), cfg.budget, threshold,
                             cfg.near_duplicate_cosine, index)
         table = pool_table.take(chosen.indices)
         table = table.append_column("score", pa.array(chosen.scores, pa.float32()))

@@ -104,7 +104,7 @@ def test_the_curated_stage_scores_by_the_configured_similarity_and_method(tmp_pa
 
     def first(**settings) -> str:
         cfg = SelectConfig(**{"method": "sae", "budget": 1, "decontaminate": False, "power": 1.0, "pooling": "mean",
-                              "feedback_docs": 0, **settings})
+                              "feedback_docs": 0, "manifold_alpha": 0, **settings})
         curated = stages.curated(root, pool, seeds, refs, None, cfg)
         return storage.read_parquet(storage.join(curated["uri"], "curated.parquet"))["doc_id"][0].as_py()
 

@@ -59,8 +59,8 @@ AFFECTS: dict[str, set[str]] = {
     "select.seeds": {"seeds"}, "select.pooling": {"curated"},  # changed to mean, which the embeddings share
     "select.method": {"curated", "sentences"},  # to sae: no sentence embeddings made
     **{f"select.{name}": {"curated"} for name in (
-        "budget", "threshold", "power", "hybrid_weight", "similarity", "feedback_docs",
-        "near_duplicate_cosine", "decontaminate", "seed")},
+        "budget", "threshold", "power", "hybrid_weight", "similarity", "feedback_docs", "manifold_alpha",
+        "manifold_neighbours", "manifold_candidates", "near_duplicate_cosine", "decontaminate", "seed")},
     **{f"prune.{name}": {"pruned"} for name in (
         "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "refine_steps", "refine_lr", "precision",
         "calibration_samples", "calibration_tokens", "prune_heads", "width_multiple", "seed")},
