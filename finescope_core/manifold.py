@@ -19,7 +19,7 @@ import scipy.sparse.linalg as sparse_linalg
 
 from finescope_core.embed import l2_normalise
 
-GRAPH_CHUNK = 1024
+GRAPH_CHUNK_ENTRIES = 1 << 24  # similarities held at once while finding neighbours (64 MB in float32)
 
 
 def neighbour_graph(vectors: np.ndarray, neighbours: int) -> sparse.csr_matrix:
@@ -29,12 +29,13 @@ def neighbour_graph(vectors: np.ndarray, neighbours: int) -> sparse.csr_matrix:
     rows, k = len(unit), min(neighbours, len(unit) - 1)
     nearest = np.empty((rows, k), np.int64)
     weights = np.empty((rows, k), np.float32)
-    for start in range(0, rows, GRAPH_CHUNK):
-        similarity = unit[start : start + GRAPH_CHUNK] @ unit.T
+    chunk = max(1, GRAPH_CHUNK_ENTRIES // rows)
+    for start in range(0, rows, chunk):
+        similarity = unit[start : start + chunk] @ unit.T
         similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))] = -np.inf
         chosen = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        nearest[start : start + GRAPH_CHUNK] = chosen
-        weights[start : start + GRAPH_CHUNK] = np.take_along_axis(similarity, chosen, axis=1)
+        nearest[start : start + chunk] = chosen
+        weights[start : start + chunk] = np.take_along_axis(similarity, chosen, axis=1)
     affinity = sparse.csr_matrix((np.maximum(weights.ravel(), 0), (np.repeat(np.arange(rows), k), nearest.ravel())),
                                  shape=(rows, rows))
     affinity = affinity.maximum(affinity.T)
@@ -47,8 +48,8 @@ def manifold_scores(scores: np.ndarray, vectors_of: Callable[[np.ndarray], np.nd
     """The pool's scores with the top ``candidates`` re-ranked: their first-pass scores, standardised over the
     candidates and clipped at 0, are the prior y, and the new score f solves f = alpha S f + (1 - alpha) y on the
     candidates' neighbour graph S (``vectors_of``: the vectors the graph compares, of the rows it is given, so
-    that only the candidates' are made). Every other document keeps its first-pass
-    order, below every candidate. Documents scored -inf (excluded by a threshold) stay -inf and out of the graph."""
+    that only the candidates' are made). Every other document keeps its first-pass order, below every candidate.
+    Documents scored -inf (excluded by a threshold) stay -inf and out of the graph."""
     scores = np.asarray(scores, np.float64)
     eligible = np.flatnonzero(np.isfinite(scores))
     order = eligible[np.argsort(-scores[eligible], kind="stable")]

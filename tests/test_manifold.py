@@ -66,3 +66,12 @@ def test_selection_reranks_the_sae_score_by_default_after_its_threshold():
     assert set(np.argsort(-reranked)[:10]) == set(domain) != set(np.argsort(-plain)[:10])
     kept = _selection_scores(SelectConfig(**settings, threshold=0.5), pool, seed, None)
     assert np.isfinite(kept).sum() == (plain >= 0.5).sum() == 13  # the domain and the decoys; their clusters out
+
+
+def test_the_graph_is_the_same_found_a_few_rows_at_a_time(monkeypatch):
+    from finescope_core import manifold
+
+    pool, _, _ = pool_with_decoys(np.random.default_rng(2))
+    whole = neighbour_graph(pool, 3).toarray()
+    monkeypatch.setattr(manifold, "GRAPH_CHUNK_ENTRIES", 2 * len(pool))  # two rows per chunk
+    assert np.array_equal(neighbour_graph(pool, 3).toarray(), whole)
