@@ -55,15 +55,16 @@ def manifold_scores(scores: np.ndarray, vectors_of: Callable[[np.ndarray], np.nd
     order = eligible[np.argsort(-scores[eligible], kind="stable")]
     top, rest = order[:candidates], order[candidates:]
     ranked = np.full(len(scores), -np.inf)
-    if len(top) <= 1:
-        ranked[top] = 0.0
+    if len(top) == 0:
         return ranked
-    first = scores[top]
-    prior = np.maximum((first - first.mean()) / max(float(first.std()), 1e-12), 0)
-    system = sparse.identity(len(top)) - alpha * neighbour_graph(vectors_of(top), neighbours)
-    solution, info = sparse_linalg.cg(system, (1 - alpha) * prior, rtol=1e-8, maxiter=10 * len(top))
-    if info != 0:
-        raise RuntimeError(f"manifold ranking did not converge ({info}); lower select.manifold_alpha")
+    solution = np.zeros(len(top))  # a single candidate has no graph
+    if len(top) > 1:
+        first = scores[top]
+        prior = np.maximum((first - first.mean()) / max(float(first.std()), 1e-12), 0)
+        system = sparse.identity(len(top)) - alpha * neighbour_graph(vectors_of(top), neighbours)
+        solution, info = sparse_linalg.cg(system, (1 - alpha) * prior, rtol=1e-8, maxiter=10 * len(top))
+        if info != 0:
+            raise RuntimeError(f"manifold ranking did not converge ({info}); lower select.manifold_alpha")
     ranked[top] = solution
     # The rest keep their first-pass order, each below the lowest candidate.
     ranked[rest] = solution.min() - 1 - np.arange(1, len(rest) + 1) / (len(rest) + 1)

@@ -75,3 +75,10 @@ def test_the_graph_is_the_same_found_a_few_rows_at_a_time(monkeypatch):
     whole = neighbour_graph(pool, 3).toarray()
     monkeypatch.setattr(manifold, "GRAPH_CHUNK_ENTRIES", 2 * len(pool))  # two rows per chunk
     assert np.array_equal(neighbour_graph(pool, 3).toarray(), whole)
+
+
+def test_a_single_candidate_leaves_the_rest_in_their_first_pass_order():
+    first = np.array([0.2, 0.9, 0.5, 0.7])
+    ranked = manifold_scores(first, np.eye(4, dtype=np.float32).__getitem__, candidates=1, neighbours=2, alpha=0.9)
+    assert list(np.argsort(-ranked, kind="stable")) == [1, 3, 2, 0]
+    assert np.isfinite(ranked).all()
