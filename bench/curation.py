@@ -25,11 +25,13 @@ Two measures:
 - precision@M: the fraction of selected documents whose source domain is the target (labels);
 - KL reduction at M = 500 (DSIR's, ``finescope_core.kl_reduction``): how much closer the selection's hashed word
   n-gram distribution is to the domain's held-out documents than a random selection of 500 is (no labels).
+Where the default's 500 go is counted by pool source ("domain/source"), so a shortfall can be read: documents of
+another domain that resemble the seeds, or sources of the target that the seeds do not describe.
 Stages are cached under --output, so a second run reuses the dump and the SAE.
 Last line: {"default": METHOD, "precision_at_100": {METHOD: {DOMAIN: p}}, "precision_at_500": {...},
 "precision_at_500_other_seeds": {...}, "kl_reduction": {METHOD: {DOMAIN: x}}, "kl_reduction_other_seeds": {...},
 "lodo_settings": {DOMAIN: SETTING}, "grid_precision_at_500": {SETTING: {"demo": p, "held_out": p}},
-"held_out_domains": [...], "tuned_on": [...]}.
+"default_sources": {STYLE: {DOMAIN: {"domain/source": n}}}, "held_out_domains": [...], "tuned_on": [...]}.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from finescope_core.formats import DOCS_FILE, EMBEDDINGS_FILE, SENTENCES_FILE
 from finescope_core.kl_reduction import kl_reduction
 from finescope_core.manifold import manifold_scores
 from finescope_core.ngrams import NgramIndex
-from finescope_core.select import hybrid_scores, hybrid_vectors, max_cosine, seed_scores, select_top
+from finescope_core.select import graph_vectors, hybrid_scores, max_cosine, seed_scores, select_top
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGETS = (100, 500)
@@ -141,11 +143,11 @@ def sae_ranking(setting: Setting, pool_codes: np.ndarray, seed_codes: np.ndarray
     similarity = "jaccard" if setting.scoring == "jaccard" else "cosine"
     feedback = {"feedback": FEEDBACK_DOCS, "hybrid": SHIPPED.feedback_docs}.get(setting.scoring, 0)
     scores = seed_scores(docs, seeds, similarity, feedback)
-    graph_vectors = docs.__getitem__
-    if setting.scoring == "hybrid":
+    hybrid = setting.scoring == "hybrid"
+    if hybrid:
         scores = hybrid_scores(scores, minilm_scores, SHIPPED.hybrid_weight)
-        graph_vectors = lambda rows: hybrid_vectors(docs[rows], pool_minilm[rows], SHIPPED.hybrid_weight)  # noqa: E731
-    return Ranking(scores, docs, graph_vectors if setting.graph else None)
+    compared = graph_vectors(docs, pool_minilm if hybrid else None, SHIPPED.hybrid_weight)
+    return Ranking(scores, docs, compared if setting.graph else None)
 
 
 Precisions = dict[Setting, dict[str, dict[str, float]]]  # setting -> seed style -> domain -> precision@500
@@ -180,6 +182,7 @@ def main() -> None:
     pool_table = storage.read_parquet(storage.join(pool["uri"], DOCS_FILE))
     order, texts = pool_table["doc_id"].to_pylist(), pool_table["text"].to_pylist()
     domains_of = np.array(pool_table["domain"].to_pylist())
+    sources_of = np.char.add(np.char.add(domains_of, "/"), np.array(pool_table["source"].to_pylist()))
     acts = stages.acts(root, model, pool, dump_cfg, model_cfg)
     sae = stages.sae(root, acts, sae_cfg, model_cfg.device)
     layers, layer = acts["info"]["layers"], stages.middle_layer(acts["info"]["layers"])
@@ -238,6 +241,7 @@ def main() -> None:
     keys = [*(f"precision_at_{m}" for m in BUDGETS), "precision_at_500_other_seeds", "kl_reduction",
             "kl_reduction_other_seeds"]
     figures = {key: {method: {} for method in methods} for key in keys}
+    sources: dict[str, dict[str, dict[str, int]]] = {style: {} for style in SEED_STYLES}
     for (style, domain), ranked in rankings.items():
         target = [doc.text for doc in read_docs(corpus["eval"], domain, 200)]
         suffix = "" if style == "template" else "_other_seeds"
@@ -247,6 +251,9 @@ def main() -> None:
                    for budget in (BUDGETS if style == "template" else (KL_BUDGET,))}
             for budget, indices in top.items():
                 figures[f"precision_at_{budget}{suffix}"][method][domain] = precision(indices, domain)
+            if method == SHIPPED.method:
+                names, counts = np.unique(sources_of[top[KL_BUDGET]], return_counts=True)
+                sources[style][domain] = {str(n): int(c) for c, n in sorted(zip(counts, names), reverse=True)}
             figures[f"kl_reduction{suffix}"][method][domain] = round(
                 kl_reduction(target, [texts[i] for i in top[KL_BUDGET]], chance), 4)
 
@@ -266,8 +273,13 @@ def main() -> None:
         for method, row in table.items():
             cells = "".join(f"{row[d]:>10.3f}" for d in DOMAINS)
             print(f"{method:<19}{cells}{np.mean(list(row.values())):>10.3f}")
+    print(f"\nwhere the default's {KL_BUDGET} go, by pool source:")
+    for style, rows in sources.items():
+        for domain, counts in rows.items():
+            print(f"  {domain} ({style} seeds): " + ", ".join(f"{name} {n}" for name, n in counts.items()))
     print(json.dumps({"default": SHIPPED.method, **figures, "lodo_settings": {d: str(s) for d, s in lodo.items()},
-                      "grid_precision_at_500": grid, "held_out_domains": HELD_OUT, "tuned_on": list(DEMO_DOMAINS)}))
+                      "grid_precision_at_500": grid, "default_sources": sources, "held_out_domains": HELD_OUT,
+                      "tuned_on": list(DEMO_DOMAINS)}))
 
 
 if __name__ == "__main__":

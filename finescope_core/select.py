@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +88,15 @@ def hybrid_vectors(sae: np.ndarray, embedder: np.ndarray, sae_weight: float) -> 
     its weight, so that the cosine of two documents is the hybrid's weighted mean of their two cosines."""
     return np.concatenate([np.sqrt(sae_weight) * l2_normalise(np.asarray(sae, np.float32)),
                            np.sqrt(1 - sae_weight) * l2_normalise(np.asarray(embedder, np.float32))], axis=1)
+
+
+def graph_vectors(sae: np.ndarray, embedder: np.ndarray | None,
+                  sae_weight: float) -> Callable[[np.ndarray], np.ndarray]:
+    """What the graph re-ranking compares, made for the rows it is given only: the SAE vectors, or, with a sentence
+    embedder's (method hybrid), both side by side as the hybrid weighs them (:func:`hybrid_vectors`)."""
+    if embedder is None:
+        return lambda rows: sae[rows]
+    return lambda rows: hybrid_vectors(sae[rows], embedder[rows], sae_weight)
 
 
 def text_key(text: str) -> str:

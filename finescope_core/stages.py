@@ -353,7 +353,7 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray,
     re-ranked on their neighbour graph. The baselines score as they always have: plain max cosine (minilm, raw_act)
     or random."""
     from finescope_core.manifold import manifold_scores
-    from finescope_core.select import hybrid_scores, hybrid_vectors, max_cosine, seed_scores
+    from finescope_core.select import graph_vectors, hybrid_scores, max_cosine, seed_scores
 
     if cfg.method == "random":
         return np.random.default_rng(cfg.seed).random(len(docs))
@@ -366,13 +366,8 @@ def _selection_scores(cfg: SelectConfig, docs: np.ndarray, seeds: np.ndarray,
         return scores
     if cfg.threshold is not None:
         scores = np.where(scores < cfg.threshold, -np.inf, scores)
-
-    def graph_vectors(rows: np.ndarray) -> np.ndarray:
-        if cfg.method == "hybrid":
-            return hybrid_vectors(docs[rows], embedder[0][rows], cfg.hybrid_weight)
-        return docs[rows]
-
-    return manifold_scores(scores, graph_vectors, cfg.budget * cfg.manifold_candidates, cfg.manifold_neighbours,
+    compared = graph_vectors(docs, embedder[0] if cfg.method == "hybrid" else None, cfg.hybrid_weight)
+    return manifold_scores(scores, compared, cfg.budget * cfg.manifold_candidates, cfg.manifold_neighbours,
                            cfg.manifold_alpha)
 
 
