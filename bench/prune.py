@@ -46,6 +46,8 @@ VARIANTS = {  # label -> (calibration text, settings that differ from the config
     "curated_dense_target": ("curated", {"refit_target": "dense"}),  # refit to the unpruned model's layer outputs
     "curated_own_target": ("curated", {"refit_target": "own"}),  # refit to the layer's weights on the pruned inputs
     "curated_no_refine": ("curated", {"refine_steps": 0}),  # the least-squares refit alone, no gradient steps
+    "curated_residual_scale": ("curated", {"error_scale": "residual"}),  # errors relative to the residual stream
+    "curated_absolute_scale": ("curated", {"error_scale": "absolute"}),  # every token's squared error as it is
     "generic": ("generic", {}),
     "magnitude": ("curated", {"importance": "magnitude"}),
     "random": ("curated", {"importance": "random"}),

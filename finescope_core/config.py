@@ -293,6 +293,13 @@ class PruneConfig(StageConfig):
         "passed up by the pruned layers below, but re-solves every weight of the projection on the calibration text "
         "and may fit it too closely).",
     )
+    error_scale: Literal["residual", "absolute"] = Field(
+        "absolute",
+        description="How each calibration token's error counts in the choice of what to remove, the refit and the "
+        "refinement: residual (divided by the mean square of the residual stream the unpruned layer outputs at that "
+        "token, which the next layer's normalisation divides by, so that the outsized activations some layers put on "
+        "the first token do not decide the fit) or absolute (every token's squared error as it is).",
+    )
     refine_steps: int = Field(
         64, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "
         "through the activation) towards the refit's target after the least-squares refit (reconstruct only); 0 "

@@ -38,6 +38,7 @@ from finescope_core.layerwise import (
     corrected_weight,
     input_statistics,
     refit_columns,
+    residual_weights,
     run_layer,
 )
 from finescope_core.model_structure import decoder_layers
@@ -181,6 +182,8 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
     gradient importance; ``dense_layer``, the layer before pruning, makes the refit target its outputs."""
     removed = []
     unpruned_mlp = copy.deepcopy(layer.mlp) if refining(cfg) and dense_layer is None else None
+    if inputs is not None:
+        inputs.weights = residual_weights(layer, inputs, index) if cfg.error_scale == "residual" else None
     for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
         if part.per_group == 0 and dense_layer is None:  # nothing to remove, and nothing to correct
             removed.append([])
@@ -214,7 +217,8 @@ def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, u
     else:
         target = mlp_outputs(dense_layer.mlp, mlp_inputs(dense_layer, inputs, index, dense=True, dtype=dtype))
     generator = torch.Generator().manual_seed(cfg.seed + index)
-    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator, cfg.precision)
+    weights = None if inputs.weights is None else torch.cat(inputs.weights)
+    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator, cfg.precision, weights)
 
 
 @mapped_large_allocations()  # large buffers go back to the system when freed, which lowers the peak memory

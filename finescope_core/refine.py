@@ -52,32 +52,48 @@ def mlp_outputs(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
-def energy(target: torch.Tensor) -> float:
-    """The sum of squares of ``target`` in float32, batch by batch."""
-    return sum(float(rows.float().square().sum()) for rows in target.split(PASS_ROWS))
+def squared_error(output: torch.Tensor, wanted: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The sum over rows of each row's squared error (float32), times the row's weight where ``weights`` are given."""
+    squares = (output.float() - wanted.float()).square()
+    return squares.sum() if weights is None else (squares.sum(-1) * weights).sum()
 
 
-def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, target_energy: float) -> float:
-    """Squared error of ``mlp`` on ``x`` against ``target``, in float32, as a share of ``target_energy`` (its
-    :func:`energy`); batch by batch, so no second copy of the outputs is held."""
+def row_batches(tensor: torch.Tensor, weights: torch.Tensor | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``tensor`` in passes of PASS_ROWS rows, each with its rows' weights (None where there are none)."""
+    rows = tensor.split(PASS_ROWS)
+    return list(zip(rows, [None] * len(rows) if weights is None else weights.split(PASS_ROWS)))
+
+
+def energy(target: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """The (weighted) sum of squares of ``target`` in float32, batch by batch."""
+    return sum(float(squared_error(rows, torch.zeros(()), w)) for rows, w in row_batches(target, weights))
+
+
+def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                   target_energy: float) -> float:
+    """(Weighted) squared error of ``mlp`` on ``x`` against ``target``, in float32, as a share of ``target_energy``
+    (its :func:`energy`); batch by batch, so no second copy of the outputs is held."""
     with torch.no_grad():
-        error = sum(float((mlp(rows.float()) - wanted.float()).square().sum())
-                    for rows, wanted in zip(x.split(PASS_ROWS), target.split(PASS_ROWS)))
+        error = sum(float(squared_error(mlp(rows.float()), wanted, w))
+                    for (rows, w), wanted in zip(row_batches(x, weights), target.split(PASS_ROWS)))
     return error / max(target_energy, 1e-12)
 
 
 def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
-               generator: torch.Generator, precision: Precision = "float32") -> dict[str, float]:
+               generator: torch.Generator, precision: Precision = "float32",
+               weights: torch.Tensor | None = None) -> dict[str, float]:
     """Tune ``mlp``'s weights by ``steps`` Adam steps (a cosine decay from ``lr``) on random batches of the rows
-    ``x`` to reproduce ``target``; returns the relative error on ``x`` before and after. Steps that leave that error
+    ``x`` to reproduce ``target``, each row's squared error times its entry in ``weights`` (default 1); returns the
+    relative error on ``x`` before and after. Steps that leave that error
     higher (too large a rate) are undone. The weights keep their dtype and shapes: the result is still a stock MLP.
     With ``precision`` bfloat16 the steps' products run in bfloat16 autocast (the weights, Adam's state and the
     error stay float32), which is faster and holds smaller activations where bfloat16 is native.
 
     The error is not judged on rows kept out of the steps: the least-squares refit before them was solved on every
     row, so such rows favour the refit and would undo steps that do lower held-out perplexity (README, pruning)."""
-    target_energy = energy(target)
-    before = relative_error(mlp, x, target, target_energy)
+    weights = None if weights is None else weights.float()
+    target_energy = energy(target, weights)
+    before = relative_error(mlp, x, target, weights, target_energy)
     params = list(mlp.parameters())
     start = [param.detach().clone() for param in params]
     trainable = [param.requires_grad for param in params]
@@ -93,16 +109,16 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
             for part in rows.split(PASS_ROWS):  # the batch's mean squared error, its gradient summed pass by pass
                 with autocast(str(x.device), precision):
                     output = mlp(x[part].float())
-                error = (output.float() - target[part].float()).square().sum()
+                error = squared_error(output, target[part], None if weights is None else weights[part])
                 (error / (len(rows) * target.shape[-1] * scale)).backward()
             optimiser.step()
             schedule.step()
     for param, flag in zip(params, trainable):
         param.requires_grad_(flag)
         param.grad = None
-    after = relative_error(mlp, x, target, target_energy)
+    after = relative_error(mlp, x, target, weights, target_energy)
     if not after < before:
         with torch.no_grad():
-            for param, weights in zip(params, start):
-                param.copy_(weights)
+            for param, saved in zip(params, start):
+                param.copy_(saved)
     return {"error_before": before, "error_after": min(before, after)}

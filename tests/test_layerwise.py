@@ -10,7 +10,9 @@ from finescope_core.layerwise import (
     capture_inputs,
     corrected_weight,
     input_statistics,
+    module_input,
     refit_columns,
+    residual_weights,
     run_layer,
 )
 from finescope_core.model_structure import decoder_layers
@@ -61,6 +63,29 @@ def test_layer_by_layer_pass_reproduces_the_model(family_model: Path):
         for batch, last in zip(batches, inputs.hidden):
             expected = model(input_ids=batch, output_hidden_states=True).hidden_states[-1]
             assert torch.allclose(model.model.norm(last), expected, atol=1e-5)
+
+
+def test_residual_weights_discount_tokens_whose_stream_is_large(tiny_model: Path):
+    """Each token's weight times the mean square of the stream the layer outputs there is the same for every token
+    (so a token whose stream is ten times larger counts a hundred times less), the weights average 1, and weighted
+    statistics count a token by its weight: a batch weighted 0 drops out of the Gram matrix."""
+    model = load_model(tiny_model)
+    layer = decoder_layers(model)[0]
+    inputs = capture_inputs(model, [torch.randint(0, 49152, (2, 9)), torch.randint(0, 49152, (1, 9))])
+    weights = residual_weights(layer, inputs, 0)
+    with torch.no_grad():
+        outputs = [layer(hidden, **kwargs) for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[0])]
+    sizes = torch.cat([(out[0] if isinstance(out, tuple) else out).square().mean(-1).reshape(-1) for out in outputs])
+    products = torch.cat(weights) * sizes
+    assert [len(w) for w in weights] == [18, 9]
+    assert torch.allclose(products, products[0].expand_as(products), rtol=1e-4)
+    assert abs(float(torch.cat(weights).mean()) - 1) < 1e-5
+    assert sizes.max() > 2 * sizes.min()  # the tokens' streams differ, so the weights do
+
+    inputs.weights = [weights[0], torch.zeros(9)]
+    weighted = input_statistics(layer, inputs, 0, "mlp.down_proj").gram
+    x = module_input(layer, "mlp.down_proj", inputs.hidden[0], inputs.kwargs[0][0])
+    assert torch.allclose(weighted, ((x * weights[0][:, None]).T @ x).double(), rtol=1e-4, atol=1e-6)
 
 
 def test_activation_scores_are_output_energies(tiny_model: Path):

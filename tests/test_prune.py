@@ -1,3 +1,4 @@
+import copy
 import math
 import random
 from pathlib import Path
@@ -267,3 +268,24 @@ def test_refinement_in_bfloat16_lowers_the_error_and_keeps_float32_weights(tiny_
     assert errors["bfloat16"] != errors["float32"]  # the bfloat16 path was taken (rows held and stepped in it)
     with safe_open(tmp_path / "bfloat16" / "model.safetensors", "pt") as stored:
         assert {stored.get_slice(name).get_dtype() for name in stored.keys()} == {"F32"}
+
+
+def test_refinement_counts_each_row_by_its_weight(tiny_model: Path):
+    """Rows weighted 0 do not pull the steps: with noise as the target of half the rows, the steps that weight
+    those rows 0 end nearer the other half's target than the steps that count every row alike."""
+    torch.manual_seed(0)
+    mlp = decoder_layers(load_model(tiny_model))[0].mlp
+    x = torch.randn(512, mlp.gate_proj.in_features)
+    with torch.no_grad():
+        wanted = mlp(x) * 1.5
+    noisy = torch.cat([wanted[:256], 5 * torch.randn_like(wanted[256:])])
+    weights = torch.cat([torch.ones(256), torch.zeros(256)])
+    errors = {}
+    for name, row_weights in (("weighted", weights), ("unweighted", None)):
+        tuned = copy.deepcopy(mlp)
+        report = refine.refine_mlp(tuned, x, noisy, 30, 3e-3, torch.Generator().manual_seed(0), "float32", row_weights)
+        assert report["error_after"] < report["error_before"]
+        with torch.no_grad():
+            errors[name] = float((tuned(x[:256]) - wanted[:256]).square().mean())
+    assert errors["weighted"] < 0.5 * errors["unweighted"], errors
+

@@ -62,8 +62,8 @@ AFFECTS: dict[str, set[str]] = {
         "budget", "threshold", "power", "hybrid_weight", "similarity", "feedback_docs", "manifold_alpha",
         "manifold_neighbours", "manifold_candidates", "near_duplicate_cosine", "decontaminate", "seed")},
     **{f"prune.{name}": {"pruned"} for name in (
-        "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "refine_steps", "refine_lr", "precision",
-        "calibration_samples", "calibration_tokens", "prune_heads", "width_multiple", "seed")},
+        "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "error_scale", "refine_steps", "refine_lr",
+        "precision", "calibration_samples", "calibration_tokens", "prune_heads", "width_multiple", "seed")},
     "prune.calibration": {"pruned"},
     **{f"distill.{name}": {"distilled"} for name in ("max_examples", "max_new_tokens", "generation_batch")},
     "recover.targets": {"recovered", "distilled", "report"},  # to curated: no rewrites made or reported
