@@ -101,6 +101,12 @@ def module_input(layer, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.
     return seen[0]
 
 
+def layer_output(layer, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The hidden states a decoder layer outputs (some families return them inside a tuple)."""
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def residual_weights(layer, inputs: LayerInputs, index: int) -> list[torch.Tensor]:
     """Per calibration batch, each token's weight in the layer's squared error: the inverse mean square of the
     residual stream the (still unpruned) layer outputs there, scaled to a mean of 1 over the batches.
@@ -111,8 +117,7 @@ def residual_weights(layer, inputs: LayerInputs, index: int) -> list[torch.Tenso
     weights = []
     with torch.no_grad():
         for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index]):
-            out = layer(hidden, **kwargs)
-            out = out[0] if isinstance(out, tuple) else out
+            out = layer_output(layer, hidden, kwargs)
             weights.append(out.float().square().mean(-1).reshape(-1).clamp_min(1e-12).reciprocal())
     mean = torch.cat(weights).mean()
     return [w / mean for w in weights]
@@ -140,9 +145,9 @@ def run_layer(layer, inputs: LayerInputs, index: int, advance: bool = False, den
     states = inputs.dense if dense else inputs.hidden
     with torch.no_grad():
         for batch, (hidden, kwargs) in enumerate(zip(states, inputs.kwargs[index])):
-            out = layer(hidden, **kwargs)
+            out = layer_output(layer, hidden, kwargs)
             if advance:
-                states[batch] = out[0] if isinstance(out, tuple) else out
+                states[batch] = out
 
 
 def diagonal_blocks(matrix: torch.Tensor, block: int) -> torch.Tensor:

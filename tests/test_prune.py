@@ -288,4 +288,3 @@ def test_refinement_counts_each_row_by_its_weight(tiny_model: Path):
         with torch.no_grad():
             errors[name] = float((tuned(x[:256]) - wanted[:256]).square().mean())
     assert errors["weighted"] < 0.5 * errors["unweighted"], errors
-
