@@ -3,16 +3,17 @@
 Usage: .venv/bin/python bench/prune.py [--domains medicine math] [--ratio 0.25] [--eval-docs 200]
     [--pool-docs N --budget M]
 For each domain the demo config (its pool and budget changed by --pool-docs and --budget) curates calibration data
-(dump -> SAE -> select, cached under --output); the model is pruned with the default settings calibrated on that
-curated data and on generic pool text, with the refit aimed at either target (the unpruned model's layer outputs, or
-the layer's own weights on the pruned model's inputs) and without the gradient refinement of the pruned MLPs (the
-least-squares refit alone) and with each token's error counted as it is or relative to its residual stream, then
-with magnitude, random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares
-refit), and each is scored by held-out perplexity (no recovery). The first variant calibrated on curated text is
+(dump -> SAE -> select, cached under --output); the model is pruned with the default settings calibrated on the
+curation's first-pass selection (the default: before the graph re-ranking), on the curated data itself and on
+generic pool text, with the refit aimed at either target (the unpruned model's layer outputs, or the layer's own
+weights on the pruned model's inputs) and without the gradient refinement of the pruned MLPs (the least-squares
+refit alone) and with each token's error counted as it is or relative to its residual stream, then with magnitude,
+random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares refit), and each
+is scored by held-out perplexity (no recovery). The first variant calibrated on curated text (first pass or not) is
 pruned once more in a child process to read its peak RSS (on every domain's curated text in turn, so that it reads
-the windows it asks for), and its forward alternates with the dense model's in another fresh process for the
-speed-up. Gemma-3-270M, the second real model, is curated for the same domains and pruned with
-the defaults, its ratio counting the decoder layers' parameters (its embedding is most of the model).
+the windows it asks for), and its forward alternates with the dense model's in another fresh process for the speed-
+up. Gemma-3-270M, the second real model, is curated for the same domains and pruned with the defaults, its ratio
+counting the decoder layers' parameters (its embedding is most of the model).
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}},
 "gemma3": {"params_before", "params_after", "ppl": {"dense" | "curated": {DOMAIN: ppl}}}}.
 """
@@ -30,30 +31,31 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import REPO, cached, curated_refs
+from common import REPO, cached, curated_refs, domain_config
 
-from finescope_core import stages
+from finescope_core import curation, stages
 from finescope_core.addressing import STAGE_VERSIONS
 from finescope_core.config import PruneConfig, RunConfig, load_config, parse_overrides
 from finescope_core.evaluate import document_scores, read_docs
-from finescope_core.formats import CURATED_FILE, DOCS_FILE
+from finescope_core.formats import DOCS_FILE
 from finescope_core.importance import attention_shape, taylor_scores
 from finescope_core.model_structure import decoder_layers
 from finescope_core.models import count_parameters, load_model, load_tokenizer
 from finescope_core.prune import Plan, calibration_sequences, choose_blocks, parts, prune_part
 
-VARIANTS = {  # label -> (calibration text, settings that differ from the config's)
-    "curated": ("curated", {}),
-    "curated_dense_target": ("curated", {"refit_target": "dense"}),  # refit to the unpruned model's layer outputs
-    "curated_own_target": ("curated", {"refit_target": "own"}),  # refit to the layer's weights on the pruned inputs
-    "curated_no_refine": ("curated", {"refine_steps": 0}),  # the least-squares refit alone, no gradient steps
-    "curated_residual_scale": ("curated", {"error_scale": "residual"}),  # errors relative to the residual stream
-    "curated_absolute_scale": ("curated", {"error_scale": "absolute"}),  # every token's squared error as it is
-    "generic": ("generic", {}),
-    "magnitude": ("curated", {"importance": "magnitude"}),
-    "random": ("curated", {"importance": "random"}),
-    "param_first": ("curated", {"importance": "param_first"}),  # LLM-Pruner's first-order scoring, with our refit
-    "param_first_no_refit": ("curated", {"importance": "param_first", "reconstruct": False}),  # and without
+VARIANTS = {  # label -> prune settings that differ from the library's defaults
+    "curated": {},
+    "curated_graph": {"calibration": "curated"},  # the curated set itself, after the selection's graph re-ranking
+    "curated_dense_target": {"refit_target": "dense"},  # refit to the unpruned model's layer outputs
+    "curated_own_target": {"refit_target": "own"},  # refit to the layer's weights on the pruned inputs
+    "curated_no_refine": {"refine_steps": 0},  # the least-squares refit alone, no gradient steps
+    "curated_residual_scale": {"error_scale": "residual"},  # errors relative to the residual stream
+    "curated_absolute_scale": {"error_scale": "absolute"},  # every token's squared error as it is
+    "generic": {"calibration": "generic"},
+    "magnitude": {"importance": "magnitude"},
+    "random": {"importance": "random"},
+    "param_first": {"importance": "param_first"},  # LLM-Pruner's first-order scoring, with our refit
+    "param_first_no_refit": {"importance": "param_first", "reconstruct": False},  # and without
 }
 SPEED_SHAPE = (8, 256)
 GEMMA3 = "gemma3-270m"  # the second real model (registry name)
@@ -135,6 +137,11 @@ def curation_config(args: argparse.Namespace, extra: dict | None = None) -> RunC
     return load_config(args.config, {"output": args.output, **overrides, **(extra or {})})
 
 
+def calibration_of(config: RunConfig, domain: str, cfg: PruneConfig, refs: dict) -> tuple[dict, str]:
+    """The calibration text ``cfg.calibration`` names for ``domain``'s curation (its ``refs``), as the flows pick it."""
+    return curation.calibration_text(domain_config(config, domain).model_copy(update={"prune": cfg}), refs)
+
+
 def gemma3_figures(args: argparse.Namespace, base_prune: PruneConfig, score) -> dict:
     """Gemma-3-270M curated for each domain and pruned with the default settings, ``ratio`` of its decoder layers'
     parameters removed: parameter counts and held-out perplexity, dense and pruned."""
@@ -142,12 +149,12 @@ def gemma3_figures(args: argparse.Namespace, base_prune: PruneConfig, score) -> 
     cfg = base_prune.model_copy(update={"ratio_of": "decoder"})
     figures: dict = {"ppl": {"dense": {}, "curated": {}}}
     for domain in args.domains:
-        model_ref, corpus, calibration = curated_refs(config, domain)
+        model_ref, corpus, refs = curated_refs(config, domain)
         docs = read_docs(corpus["eval"], domain, args.eval_docs)
         tokenizer = load_tokenizer(model_ref["uri"])
         figures["ppl"]["dense"][domain] = score(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}",
                                                 tokenizer, docs)
-        ref = stages.pruned(config.output, model_ref, calibration["curated"], CURATED_FILE, cfg, "cpu")
+        ref = stages.pruned(config.output, model_ref, *calibration_of(config, domain, cfg, refs), cfg, "cpu")
         figures["ppl"]["curated"][domain] = score(str(stages.model_folder(ref)), f"{domain}-{ref['fingerprint']}",
                                                   tokenizer, docs)
         figures.update(params_before=ref["info"]["params_before"], params_after=ref["info"]["params_after"])
@@ -185,36 +192,37 @@ def main() -> None:
     # the peak is read on the first curated variant's settings and every domain's text for it, so that the pruner
     # gets the calibration windows it asks for, as it does from a user's curation (the bench's may hold fewer)
     pruned_uri, memory_cfg, memory_texts, counts = None, None, [], {}
-    first_curated = next((label for label, (source, _) in variants.items() if source == "curated"), None)
+    first_curated = next((label for label, settings in variants.items()
+                          if settings.get("calibration", base_prune.calibration) != "generic"), None)
     for domain in args.domains:
-        model_ref, corpus, calibration = curated_refs(config, domain)
+        model_ref, corpus, refs = curated_refs(config, domain)
         docs = read_docs(corpus["eval"], domain, args.eval_docs)
         tokenizer = load_tokenizer(model_ref["uri"])
         ppl["dense"][domain] = score(model_ref["uri"], f"{domain}-dense-{model_ref['fingerprint']}", tokenizer, docs)
-        for label, (source, settings) in variants.items():
+        for label, settings in variants.items():
             seeds = range(args.seeds) if label == "curated" else [base_prune.seed]
             by_seed = []
             for seed in seeds:
-                cfg = base_prune.model_copy(update={"calibration": source, "seed": seed, **settings})
-                filename = CURATED_FILE if source == "curated" else DOCS_FILE
-                ref = stages.pruned(config.output, model_ref, calibration[source], filename, cfg, "cpu")
+                cfg = base_prune.model_copy(update={"seed": seed, **settings})
+                calibration, filename = calibration_of(config, domain, cfg, refs)
+                ref = stages.pruned(config.output, model_ref, calibration, filename, cfg, "cpu")
                 folder = str(stages.model_folder(ref))
                 by_seed.append(score(folder, f"{domain}-{ref['fingerprint']}", tokenizer, docs))
                 counts = {"params_before": ref["info"]["params_before"], "params_after": ref["info"]["params_after"]}
                 if label == first_curated and seed == seeds[0]:
                     if pruned_uri is None:  # the first domain's model and settings; every domain's text
                         pruned_uri, memory_cfg = stages.model_folder(ref), cfg
-                    memory_texts += stages.calibration_texts(calibration[source], filename, cfg.calibration_samples,
+                    memory_texts += stages.calibration_texts(calibration, filename, cfg.calibration_samples,
                                                              cfg.seed, sample=False)
             ppl[label][domain] = statistics.mean(by_seed)
             if label == "curated":
                 spread[domain] = (max(by_seed) - min(by_seed)) / 2
         if RECIPE in args.variants:
-            generic = stages.calibration_texts(calibration["generic"], DOCS_FILE, RECIPE_SAMPLES, base_prune.seed,
+            generic = stages.calibration_texts(refs["generic"], DOCS_FILE, RECIPE_SAMPLES, base_prune.seed,
                                                sample=True)
             recipe = functools.partial(llm_pruner_recipe, model_ref["uri"], generic, args.ratio)
             # the recipe shares the pruned stage's code, so that stage's version marks a change of it
-            key = f"{domain}-{RECIPE}-{calibration['generic']['fingerprint']}-{args.ratio}-v{STAGE_VERSIONS['pruned']}"
+            key = f"{domain}-{RECIPE}-{refs['generic']['fingerprint']}-{args.ratio}-v{STAGE_VERSIONS['pruned']}"
             ppl[RECIPE][domain] = score(recipe, key, tokenizer, docs)
     model_bytes = 4 * counts["params_before"]
     peak, peak_tokens = peak_rss_of_pruning(model_ref["uri"], memory_texts, memory_cfg)

@@ -312,8 +312,11 @@ class PruneConfig(StageConfig):
         "bfloat16 where the device computes it natively, float32 elsewhere. The choice of what to remove and the "
         "least-squares refit are float32 or float64 in every case."
     )
-    calibration: Literal["curated", "generic"] = Field(
-        "curated", description="Calibration text: the curated data (FineScope) or random pool documents."
+    calibration: Literal["curated_first_pass", "curated", "generic"] = Field(
+        "curated_first_pass", description="Calibration text: curated_first_pass (the documents the selection keeps "
+        "before its graph re-ranking, those nearest the seeds by the first-pass score, at the same budget; the "
+        "curated data itself where select does not re-rank), curated (the curated data, as recovery trains on it), "
+        "or generic (random pool documents)."
     )
     calibration_samples: int = Field(
         256, ge=1, description="Calibration sequences the pruner reads (the least-squares refit gains from more)."

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from finescope_core import stages
 from finescope_core.config import RunConfig
 from finescope_core.embed import token_pooling
+from finescope_core.formats import CURATED_FILE, DOCS_FILE, Ref
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,17 @@ def curate(config: RunConfig, steps: CurationSteps = CurationSteps(), model: dic
     curated = steps.curated(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": pool_acts, "sae": sae,
             "embeddings": vectors["pool_emb"], "curated": curated, "vectors": vectors}
+
+
+def calibration_text(config: RunConfig, refs: dict, curated_step: Callable = stages.curated) -> tuple[Ref, str]:
+    """The text ``config.prune.calibration`` names, as a reference and file name, from a curation's ``refs`` (those
+    :func:`curate` returns): the pool (generic); the curated documents (curated); or, for curated_first_pass, the
+    documents the same selection keeps without its graph re-ranking, selected by ``curated_step`` from the vectors
+    the curation stored (the curated documents themselves where the selection does not re-rank)."""
+    if config.prune.calibration == "generic":
+        return refs["pool"], DOCS_FILE
+    if config.prune.calibration == "curated" or not config.select.reranks:
+        return refs["curated"], CURATED_FILE
+    first_pass = config.select.model_copy(update={"manifold_alpha": 0.0})
+    return curated_step(config.output, refs["pool"], refs["seeds"], refs["vectors"], refs["corpus"]["eval_sets"],
+                        first_pass), CURATED_FILE

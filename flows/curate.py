@@ -65,4 +65,4 @@ def curate_shards(config: RunConfig, model: dict | None = None, corpus: dict | N
         vectors |= {"pool_sentences": pool, "seed_sentences": embed_sentences(root, seeds, device)}
     curated = curate_documents(root, pool, seeds, vectors, corpus["eval_sets"], config.select)
     return {"model": model, "corpus": corpus, "pool": pool, "seeds": seeds, "acts": acts, "sae": sae,
-            "embeddings": embeddings, "curated": curated}
+            "embeddings": embeddings, "curated": curated, "vectors": vectors}

@@ -68,7 +68,8 @@ def finescope(config: RunConfig) -> dict:
     report = publish_report(root, results, f"FineScope: {config.model.name} for {config.domain}", speed,
                             stage_details(recovered, distilled), config.eval_domains, models)
     artifacts = {key: refs[key] for key in ("corpus", "pool", "seeds", "acts", "sae", "embeddings", "curated")}
-    artifacts |= {"pruned": pruned, "recovered": recovered, "speed": speed, "report": report}
+    artifacts |= {"calibration": calibration, "pruned": pruned, "recovered": recovered, "speed": speed,
+                  "report": report}
     artifacts |= {"distilled": distilled} if distilled is not None else {}
     artifacts |= {f"eval_{label}": ref for label, ref in results.items()}
     manifest = record_manifest(root, artifacts)

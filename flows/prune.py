@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from finescope.flows.curate import curate
 from finescope.tasks.naming import flow_run_name, prune_ratio
-from finescope.tasks.stages import calibration_source, prune_base_model, resolve_model
+from finescope.tasks.stages import calibration_source, curate_documents, prune_base_model, resolve_model
 from prefect import flow
 
+from finescope_core import curation
 from finescope_core.config import RunConfig
-from finescope_core.formats import CURATED_FILE, DOCS_FILE
 
 
 @flow(name="prune", flow_run_name=flow_run_name("prune", prune_ratio), log_prints=True)
@@ -16,7 +16,7 @@ def prune(config: RunConfig, calibration: str | None = None) -> dict:
     """Prune ``config.model`` by ``config.prune.ratio`` of its parameters; returns the pruned model's reference.
 
     ``calibration`` is a Parquet file with a ``text`` column (for example curate's ``curated.parquet``). Without it,
-    the curate flow runs first and its curated documents (or, with ``prune.calibration=generic``, the pool) are used.
+    the curate flow runs first and gives the text ``prune.calibration`` names.
     """
     if calibration:
         model = resolve_model(config.model)
@@ -29,7 +29,6 @@ def prune(config: RunConfig, calibration: str | None = None) -> dict:
 
 
 def calibration_of(config: RunConfig, curate_refs: dict) -> tuple[dict, str]:
-    """The calibration text the config asks for: the curated documents, or the pool for generic calibration."""
-    if config.prune.calibration == "curated":
-        return curate_refs["curated"], CURATED_FILE
-    return curate_refs["pool"], DOCS_FILE
+    """The calibration text the config asks for (``curation.calibration_text``), a first-pass selection made by the
+    curate flow's own task where it needs one."""
+    return curation.calibration_text(config, curate_refs, curate_documents)

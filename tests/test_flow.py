@@ -62,7 +62,7 @@ def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope, prefect_api
     assert len(lookups) == 2, lookups  # resolved once each: curation is handed them, not made to look again
 
     manifest = json.loads((out / "manifest.json").read_text())["artifacts"]
-    for name in ("corpus", "acts", "sae", "curated", "pruned", "recovered", "speed", "report"):
+    for name in ("corpus", "acts", "sae", "curated", "calibration", "pruned", "recovered", "speed", "report"):
         assert name in manifest, name
         for rel, digest in list(manifest[name]["files"].items())[:20]:
             assert storage.sha256_uri(storage.join(manifest[name]["uri"], rel)) == digest

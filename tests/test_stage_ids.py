@@ -64,7 +64,7 @@ AFFECTS: dict[str, set[str]] = {
     **{f"prune.{name}": {"pruned"} for name in (
         "ratio", "ratio_of", "importance", "reconstruct", "refit_target", "error_scale", "refine_steps", "refine_lr",
         "precision", "calibration_samples", "calibration_tokens", "prune_heads", "width_multiple", "seed")},
-    "prune.calibration": {"pruned"},
+    "prune.calibration": {"curated", "pruned"},  # curated_first_pass makes a second selection
     **{f"distill.{name}": {"distilled"} for name in ("max_examples", "max_new_tokens", "generation_batch")},
     "recover.targets": {"recovered", "distilled", "report"},  # to curated: no rewrites made or reported
     "recover.checkpoints": set(),  # how often to save, not what is trained
