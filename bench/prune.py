@@ -11,9 +11,9 @@ refit alone) and with each token's error counted as it is or relative to its res
 random and LLM-Pruner's first-order Taylor importance (param_first, also without the least-squares refit), and each
 is scored by held-out perplexity (no recovery). The first variant calibrated on curated text (first pass or not) is
 pruned once more in a child process to read its peak RSS (on every domain's curated text in turn, so that it reads
-the windows it asks for), and its forward alternates with the dense model's in another fresh process for the speed-
-up. Gemma-3-270M, the second real model, is curated for the same domains and pruned with the defaults, its ratio
-counting the decoder layers' parameters (its embedding is most of the model).
+the windows it asks for), and its forward alternates with the dense model's in another fresh process for the
+speed-up. Gemma-3-270M, the second real model, is curated for the same domains and pruned with the defaults, its
+ratio counting the decoder layers' parameters (its embedding is most of the model).
 Last line: {"params_before", "params_after", "peak_rss_ratio", "speedup", "ppl": {VARIANT: {DOMAIN: ppl}},
 "gemma3": {"params_before", "params_after", "ppl": {"dense" | "curated": {DOMAIN: ppl}}}}.
 """
