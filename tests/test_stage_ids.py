@@ -9,6 +9,8 @@ corpus and on a pool curated whole; a pool curated shard by shard goes through t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import types
 import typing
@@ -25,7 +27,7 @@ from prefect import Flow, Task
 from pydantic import BaseModel
 
 from finescope_core import stages, storage
-from finescope_core.addressing import stage_fingerprint
+from finescope_core.addressing import STAGE_VERSIONS, stage_fingerprint
 from finescope_core.config import RunConfig
 from finescope_core.precision import resolve_precision
 
@@ -225,3 +227,37 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
         if changed != AFFECTS[path]:
             wrong[path] = {"changes": sorted(changed), "declared": sorted(AFFECTS[path])}
     assert not wrong, "\n".join(f"{k}: {v}" for k, v in wrong.items())
+
+
+
+def defaults_digest(stage: str) -> str:
+    """A digest of the default values of the config fields that are part of ``stage``'s id."""
+    defaults = {}
+    for path in sorted(path for path, affected in AFFECTS.items() if stage in affected):
+        value = RunConfig()
+        for name in path.split("."):
+            value = getattr(value, name)
+        defaults[path] = value
+    return hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# Each stage's version and the digest of its defaults at that version. Ids hold only the settings that differ from
+# their defaults, so that a new setting leaves finished work valid; so a changed default changes what a stage makes
+# under the same id, and must come with a new version of the stage.
+VERSIONED_DEFAULTS: dict[str, tuple[int, str]] = {
+    "corpus": (1, "ea287ae55247"), "pool": (1, "73ab6a7a391f"), "seeds": (1, "980f073f7115"),
+    "acts": (3, "a2a8ce972f6e"), "sae": (4, "1bc442fa8592"), "embeddings": (2, "a458261575d5"),
+    "sentences": (1, "cbe8200e646f"), "curated": (8, "012653fafad7"), "pruned": (11, "13dd055ce41d"),
+    "distilled": (2, "598f1f69a811"), "recovered": (3, "72c3647db395"), "eval": (2, "d1c501043055"),
+    "speed": (1, "a7e3970dff56"), "report": (2, "2dbc006ba976"), "merged": (2, "44136fa355b3"),
+    "imported": (1, "4cd73564abca"), "imported_eval": (1, "438d29bd1b2d"), "sweep": (1, "b27bf8a08426"),
+}
+
+
+def test_a_changed_default_comes_with_a_new_stage_version():
+    current = {stage: (version, defaults_digest(stage)) for stage, version in STAGE_VERSIONS.items()}
+    stale = sorted(stage for stage, (version, digest) in current.items()
+                   if VERSIONED_DEFAULTS.get(stage, (None, digest))[0] == version
+                   and VERSIONED_DEFAULTS[stage][1] != digest)
+    assert not stale, f"the defaults of {stale} changed: bump their STAGE_VERSIONS (then update VERSIONED_DEFAULTS)"
+    assert current == VERSIONED_DEFAULTS, f"a stage's version changed or is new; VERSIONED_DEFAULTS = {current}"
