@@ -84,8 +84,8 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
                weights: torch.Tensor | None = None) -> dict[str, float]:
     """Tune ``mlp``'s weights by ``steps`` Adam steps (a cosine decay from ``lr``) on random batches of the rows
     ``x`` to reproduce ``target``, each row's squared error times its entry in ``weights`` (default 1); returns the
-    relative error on ``x`` before and after. Steps that leave that error
-    higher (too large a rate) are undone. The weights keep their dtype and shapes: the result is still a stock MLP.
+    relative error on ``x`` before and after. Steps that leave that error higher (too large a rate) are undone. The
+    weights keep their dtype and shapes: the result is still a stock MLP.
     With ``precision`` bfloat16 the steps' products run in bfloat16 autocast (the weights, Adam's state and the
     error stay float32), which is faster and holds smaller activations where bfloat16 is native.
 

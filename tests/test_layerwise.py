@@ -10,6 +10,7 @@ from finescope_core.layerwise import (
     capture_inputs,
     corrected_weight,
     input_statistics,
+    layer_output,
     module_input,
     refit_columns,
     residual_weights,
@@ -74,8 +75,8 @@ def test_residual_weights_discount_tokens_whose_stream_is_large(tiny_model: Path
     inputs = capture_inputs(model, [torch.randint(0, 49152, (2, 9)), torch.randint(0, 49152, (1, 9))])
     weights = residual_weights(layer, inputs, 0)
     with torch.no_grad():
-        outputs = [layer(hidden, **kwargs) for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[0])]
-    sizes = torch.cat([(out[0] if isinstance(out, tuple) else out).square().mean(-1).reshape(-1) for out in outputs])
+        outputs = [layer_output(layer, hidden, kwargs) for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[0])]
+    sizes = torch.cat([out.square().mean(-1).reshape(-1) for out in outputs])
     products = torch.cat(weights) * sizes
     assert [len(w) for w in weights] == [18, 9]
     assert torch.allclose(products, products[0].expand_as(products), rtol=1e-4)

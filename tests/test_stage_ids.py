@@ -229,12 +229,11 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
     assert not wrong, "\n".join(f"{k}: {v}" for k, v in wrong.items())
 
 
-
 def defaults_digest(stage: str) -> str:
     """A digest of the default values of the config fields that are part of ``stage``'s id."""
-    defaults = {}
+    config, defaults = RunConfig(), {}
     for path in sorted(path for path, affected in AFFECTS.items() if stage in affected):
-        value = RunConfig()
+        value = config
         for name in path.split("."):
             value = getattr(value, name)
         defaults[path] = value
@@ -257,7 +256,7 @@ VERSIONED_DEFAULTS: dict[str, tuple[int, str]] = {
 def test_a_changed_default_comes_with_a_new_stage_version():
     current = {stage: (version, defaults_digest(stage)) for stage, version in STAGE_VERSIONS.items()}
     stale = sorted(stage for stage, (version, digest) in current.items()
-                   if VERSIONED_DEFAULTS.get(stage, (None, digest))[0] == version
-                   and VERSIONED_DEFAULTS[stage][1] != digest)
+                   if stage in VERSIONED_DEFAULTS and VERSIONED_DEFAULTS[stage] != (version, digest)
+                   and VERSIONED_DEFAULTS[stage][0] == version)
     assert not stale, f"the defaults of {stale} changed: bump their STAGE_VERSIONS (then update VERSIONED_DEFAULTS)"
     assert current == VERSIONED_DEFAULTS, f"a stage's version changed or is new; VERSIONED_DEFAULTS = {current}"
