@@ -305,7 +305,11 @@ class PruneConfig(StageConfig):
         "through the activation) towards the refit's target after the least-squares refit (reconstruct only); 0 "
         "keeps the closed-form refit alone."
     )
-    refine_lr: float = Field(3e-3, gt=0, description="Peak learning rate of those steps (cosine decay to 0).")
+    refine_relative_lr: float = Field(
+        0.015, gt=0, description="Peak learning rate of those steps (cosine decay to 0), as a fraction of each weight "
+        "matrix's root mean square: Adam moves every weight by about its learning rate, so steps sized to the weights' "
+        "own scale change models whose weights differ in size by the same fraction."
+    )
     precision: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Arithmetic of the refinement's steps: bfloat16 autocast (the weights and Adam's state "
         "stay float32, and the error that keeps or undoes the steps is measured in float32), float32, or auto: "

@@ -218,7 +218,7 @@ def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, u
         target = mlp_outputs(dense_layer.mlp, mlp_inputs(dense_layer, inputs, index, dense=True, dtype=dtype))
     generator = torch.Generator().manual_seed(cfg.seed + index)
     weights = None if inputs.weights is None else torch.cat(inputs.weights)
-    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_lr, generator, cfg.precision, weights)
+    return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_relative_lr, generator, cfg.precision, weights)
 
 
 @mapped_large_allocations()  # large buffers go back to the system when freed, which lowers the peak memory

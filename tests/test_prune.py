@@ -239,9 +239,9 @@ def test_refinement_brings_the_pruned_mlps_closer_to_the_unpruned_ones(family_mo
     with torch.no_grad():
         target = dense(input_ids=ids).logits
     errors, reports = {}, {}
-    for name, steps, lr in (("none", 0, 1e-3), ("refined", 40, 3e-4), ("diverged", 40, 10.0)):
-        cfg = PruneConfig(ratio=0.01, calibration_samples=16, calibration_tokens=64, refine_steps=steps, refine_lr=lr,
-                          precision="float32")
+    for name, steps, lr in (("none", 0, 0.05), ("refined", 40, 0.015), ("diverged", 40, 500.0)):
+        cfg = PruneConfig(ratio=0.01, calibration_samples=16, calibration_tokens=64, refine_steps=steps,
+                          refine_relative_lr=lr, precision="float32")
         reports[name] = prune_model(family_model, texts[:10], tmp_path / name, cfg)
         with torch.no_grad():
             errors[name] = (load_model(tmp_path / name)(input_ids=ids).logits - target).norm()
@@ -261,7 +261,7 @@ def test_refinement_in_bfloat16_lowers_the_error_and_keeps_float32_weights(tiny_
     errors = {}
     for precision in ("bfloat16", "float32"):
         cfg = PruneConfig(ratio=0.01, calibration_samples=8, calibration_tokens=32, refine_steps=20,
-                          refine_lr=3e-4, precision=precision)
+                          refine_relative_lr=0.015, precision=precision)
         report = prune_model(tiny_model, texts, tmp_path / precision, cfg)
         errors[precision] = [layer["refine"] for layer in report["layers"]]
         assert all(r["error_after"] < r["error_before"] for r in errors[precision]), (precision, errors)
@@ -283,8 +283,29 @@ def test_refinement_counts_each_row_by_its_weight(tiny_model: Path):
     errors = {}
     for name, row_weights in (("weighted", weights), ("unweighted", None)):
         tuned = copy.deepcopy(mlp)
-        report = refine.refine_mlp(tuned, x, noisy, 30, 3e-3, torch.Generator().manual_seed(0), "float32", row_weights)
+        report = refine.refine_mlp(tuned, x, noisy, 30, 0.15, torch.Generator().manual_seed(0), "float32", row_weights)
         assert report["error_after"] < report["error_before"]
         with torch.no_grad():
             errors[name] = float((tuned(x[:256]) - wanted[:256]).square().mean())
     assert errors["weighted"] < 0.5 * errors["unweighted"], errors
+
+
+def test_refinement_steps_follow_each_matrix_scale(tiny_model: Path):
+    """The steps are sized to each weight matrix's RMS, so the same function written with an up projection 10x
+    larger and a down projection 10x smaller is refined to the same function (one absolute rate would move the
+    small matrix 10x further, relative to its size, and the large one 10x less)."""
+    torch.manual_seed(0)
+    mlp = decoder_layers(load_model(tiny_model))[0].mlp
+    rescaled = copy.deepcopy(mlp)
+    with torch.no_grad():
+        rescaled.up_proj.weight.mul_(10)
+        rescaled.down_proj.weight.div_(10)
+    x = torch.randn(512, mlp.gate_proj.in_features)
+    with torch.no_grad():
+        wanted = mlp(x) * 1.5
+        assert torch.allclose(rescaled(x), mlp(x), atol=1e-5)
+    reports = [refine.refine_mlp(m, x, wanted, 20, 0.05, torch.Generator().manual_seed(0)) for m in (mlp, rescaled)]
+    assert reports[0]["error_after"] < 0.9 * reports[0]["error_before"], reports
+    assert reports[1]["error_after"] == pytest.approx(reports[0]["error_after"], rel=1e-3), reports
+    with torch.no_grad():
+        assert torch.allclose(rescaled(x), mlp(x), atol=1e-4, rtol=1e-3)
