@@ -87,13 +87,11 @@ def relative_step_groups(params: list[torch.nn.Parameter], relative_lr: float) -
     near 0.04 and 0.016, and the absolute rate chosen on the first left the steps undone in 10 of Gemma-3-270M's
     18 layers. Sized to each matrix's own scale, the steps change every model's weights by the same fraction.
     Vectors (biases) take the matrices' mean RMS, as theirs may be 0."""
-    def rms(param: torch.Tensor) -> float:
-        return float(param.detach().float().square().mean().sqrt())
-
-    matrices = [rms(param) for param in params if param.dim() >= 2]
+    sizes = [float(param.detach().float().square().mean().sqrt()) for param in params]
+    matrices = [size for size, param in zip(sizes, params) if param.dim() >= 2]
     fallback = sum(matrices) / len(matrices) if matrices else 1.0
-    return [{"params": [param], "lr": relative_lr * (rms(param) if param.dim() >= 2 else fallback)}
-            for param in params]
+    return [{"params": [param], "lr": relative_lr * (size if param.dim() >= 2 else fallback)}
+            for size, param in zip(sizes, params)]
 
 
 def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, relative_lr: float,
