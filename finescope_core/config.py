@@ -301,7 +301,7 @@ class PruneConfig(StageConfig):
         "the first token do not decide the fit) or absolute (every token's squared error as it is).",
     )
     refine_steps: int = Field(
-        128, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "
+        256, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "
         "through the activation) towards the refit's target after the least-squares refit (reconstruct only); 0 "
         "keeps the closed-form refit alone."
     )
