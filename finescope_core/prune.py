@@ -183,7 +183,10 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
     removed = []
     unpruned_mlp = copy.deepcopy(layer.mlp) if refining(cfg) and dense_layer is None else None
     if inputs is not None:
-        inputs.weights = residual_weights(layer, inputs, index) if cfg.error_scale == "residual" else None
+        inputs.weights = None
+        if cfg.error_scale == "residual":
+            inputs.weights = residual_weights(layer, inputs, index)
+            release_free_memory()  # the small weights, kept between the layer's freed outputs, would pin their pages
     for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
         if part.per_group == 0 and dense_layer is None:  # nothing to remove, and nothing to correct
             removed.append([])
