@@ -298,7 +298,8 @@ class PruneConfig(StageConfig):
         description="How each calibration token's error counts in the choice of what to remove, the refit and the "
         "refinement: residual (divided by the mean square of the residual stream the unpruned layer outputs at that "
         "token, which the next layer's normalisation divides by, so that the outsized activations some layers put on "
-        "the first token do not decide the fit) or absolute (every token's squared error as it is).",
+        "the first token do not decide the fit; and where a norm follows the block before the stream, as Gemma's do, "
+        "times that norm's squared gain at the token) or absolute (every token's squared error as it is).",
     )
     refine_steps: int = Field(
         256, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from finescope_core.model_structure import decoder_layers
+from finescope_core.model_structure import decoder_layers, output_norm
 
 DAMPING = 0.01  # ridge term, as a fraction of the mean diagonal of the inputs' Gram matrix
 
@@ -107,18 +107,35 @@ def layer_output(layer, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def residual_weights(layer, inputs: LayerInputs, index: int) -> list[torch.Tensor]:
-    """Per calibration batch, each token's weight in the layer's squared error: the inverse mean square of the
-    residual stream the (still unpruned) layer outputs there, scaled to a mean of 1 over the batches.
+def residual_weights(layer, inputs: LayerInputs, index: int, block: str) -> list[torch.Tensor]:
+    """Per calibration batch, each token's weight in the squared error of the layer's ``block`` ("self_attn" or
+    "mlp"): the inverse mean square of the residual stream the (still unpruned) layer outputs there, times the
+    square of the gain with which a normalisation after the block (:func:`output_norm`) passes its output on at that
+    token; scaled to a mean of 1 over the batches.
 
     The next layer's normalisation divides the stream by its size, so an error counts in proportion to the stream
     it lands in. Without the weights, a layer that writes an outsized activation on the first token (SmolLM2's
-    12th MLP: that token holds 99.8% of its output's energy) would spend its refit on that one token."""
+    12th MLP: that token holds 99.8% of its output's energy) would spend its refit on that one token. A
+    normalisation after the block (Gemma's) divides the block's output, and so its error, by the output's size
+    token by token: an error where the block writes little counts for more."""
+    norm = output_norm(layer, block)
+    gains: list[torch.Tensor] = []
+
+    def record_gain(module, args, output):
+        gains.append((output.float().square().mean(-1) / args[0].float().square().mean(-1).clamp_min(1e-12))
+                     .reshape(-1))
+
+    handle = None if norm is None else norm.register_forward_hook(record_gain)
     weights = []
-    with torch.no_grad():
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index]):
-            out = layer_output(layer, hidden, kwargs)
-            weights.append(out.float().square().mean(-1).reshape(-1).clamp_min(1e-12).reciprocal())
+    try:
+        with torch.no_grad():
+            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index]):
+                out = layer_output(layer, hidden, kwargs)
+                weight = out.float().square().mean(-1).reshape(-1).clamp_min(1e-12).reciprocal()
+                weights.append(weight * gains.pop() if gains else weight)
+    finally:
+        if handle is not None:
+            handle.remove()
     mean = torch.cat(weights).mean()
     return [w / mean for w in weights]
 

@@ -19,6 +19,16 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
         raise ValueError(f"unsupported architecture {type(model).__name__}: no model.model.layers") from None
 
 
+def output_norm(layer: torch.nn.Module, block: str) -> torch.nn.Module | None:
+    """The normalisation ``layer`` applies to its ``block``'s output ("self_attn" or "mlp") before adding it to the
+    residual stream, or None where the output is added as it is. Gemma 2 and 3 wrap each block in two norms (their
+    ``pre_feedforward_layernorm`` marks it), and there ``post_attention_layernorm`` follows the attention; in Llama,
+    Qwen and Mistral the same name is the norm before the MLP."""
+    if not hasattr(layer, "pre_feedforward_layernorm"):
+        return None
+    return layer.post_attention_layernorm if block == "self_attn" else layer.post_feedforward_layernorm
+
+
 @contextlib.contextmanager
 def truncated(model: torch.nn.Module, n_keep: int) -> Iterator[None]:
     """Run only the first ``n_keep`` decoder blocks: later layers do not affect the activations of earlier ones."""

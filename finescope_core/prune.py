@@ -183,14 +183,14 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
     removed = []
     unpruned_mlp = copy.deepcopy(layer.mlp) if refining(cfg) and dense_layer is None else None
     if inputs is not None:
-        inputs.weights = None
-        if cfg.error_scale == "residual":
-            inputs.weights = residual_weights(layer, inputs, index)
-            release_free_memory()  # the small weights, kept between the layer's freed outputs, would pin their pages
+        inputs.weights = None  # each block's own, set below
     for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
         if part.per_group == 0 and dense_layer is None:  # nothing to remove, and nothing to correct
             removed.append([])
             continue
+        if inputs is not None and cfg.error_scale == "residual":
+            inputs.weights = residual_weights(layer, inputs, index, part.projection.split(".")[0])
+            release_free_memory()  # the small weights, kept between the layer's freed outputs, would pin their pages
         stats = input_statistics(layer, inputs, index, part.projection, dense_layer) if inputs else None
         if stats is not None and stats.cross is not None:
             projection = layer.get_submodule(part.projection)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from finescope_core.importance import attention_shape, output_energies, taylor_scores
@@ -73,7 +74,7 @@ def test_residual_weights_discount_tokens_whose_stream_is_large(tiny_model: Path
     model = load_model(tiny_model)
     layer = decoder_layers(model)[0]
     inputs = capture_inputs(model, [torch.randint(0, 49152, (2, 9)), torch.randint(0, 49152, (1, 9))])
-    weights = residual_weights(layer, inputs, 0)
+    weights = residual_weights(layer, inputs, 0, "mlp")
     with torch.no_grad():
         outputs = [layer_output(layer, hidden, kwargs) for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[0])]
     sizes = torch.cat([out.square().mean(-1).reshape(-1) for out in outputs])
@@ -87,6 +88,29 @@ def test_residual_weights_discount_tokens_whose_stream_is_large(tiny_model: Path
     weighted = input_statistics(layer, inputs, 0, "mlp.down_proj").gram
     x = module_input(layer, "mlp.down_proj", inputs.hidden[0], inputs.kwargs[0][0])
     assert torch.allclose(weighted, ((x * weights[0][:, None]).T @ x).double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family_model", ["gemma3_text"], indirect=True)
+@pytest.mark.parametrize(("block", "norm"), [("self_attn", "post_attention_layernorm"),
+                                             ("mlp", "post_feedforward_layernorm")])
+def test_residual_weights_count_the_gain_of_a_normalisation_after_the_block(family_model: Path, block: str,
+                                                                            norm: str):
+    """Gemma 3 normalises each block's output before adding it to the stream, dividing the block's error by the
+    output's size token by token: each token's weight times the stream's mean square is that normalisation's
+    squared gain there, so a token where the block writes little counts for more."""
+    model = load_model(family_model)
+    layers = decoder_layers(model)
+    inputs = capture_inputs(model, [torch.randint(0, 49152, (2, 9))])
+    run_layer(layers[0], inputs, 0, advance=True)
+    weights = torch.cat(residual_weights(layers[1], inputs, 1, block))
+    hidden, kwargs = inputs.hidden[0], inputs.kwargs[1][0]
+    with torch.no_grad():
+        stream = layer_output(layers[1], hidden, kwargs).square().mean(-1).reshape(-1)
+        block_out = module_input(layers[1], norm, hidden, kwargs)
+        gains = layers[1].get_submodule(norm)(block_out).square().mean(-1) / block_out.square().mean(-1)
+    ratios = weights * stream / gains
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-4)
+    assert gains.max() > 1.5 * gains.min()  # the gain differs by token, so it changes the weights
 
 
 def test_activation_scores_are_output_energies(tiny_model: Path):
