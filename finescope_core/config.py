@@ -294,7 +294,7 @@ class PruneConfig(StageConfig):
         "and may fit it too closely).",
     )
     error_scale: Literal["residual", "absolute"] = Field(
-        "absolute",
+        "residual",
         description="How each calibration token's error counts in the choice of what to remove, the refit and the "
         "refinement: residual (divided by the mean square of the residual stream the unpruned layer outputs at that "
         "token, which the next layer's normalisation divides by, so that the outsized activations some layers put on "
