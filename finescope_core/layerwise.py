@@ -132,7 +132,7 @@ def residual_weights(layer, inputs: LayerInputs, index: int, block: str) -> list
             for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index]):
                 out = layer_output(layer, hidden, kwargs)
                 weight = out.float().square().mean(-1).reshape(-1).clamp_min(1e-12).reciprocal()
-                weights.append(weight * gains.pop() if gains else weight)
+                weights.append(weight if norm is None else weight * gains.pop())
     finally:
         if handle is not None:
             handle.remove()
