@@ -303,8 +303,8 @@ class PruneConfig(StageConfig):
     )
     refine_steps: int = Field(
         256, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "
-        "through the activation) towards the refit's target after the least-squares refit (reconstruct only); 0 "
-        "keeps the closed-form refit alone."
+        "through the activation), and those of an attention that lost query heads (prune_heads), towards the refit's "
+        "target after the least-squares refit (reconstruct only); 0 keeps the closed-form refit alone."
     )
     refine_relative_lr: float = Field(
         0.015, gt=0, description="Peak learning rate of those steps (cosine decay to 0), as a fraction of each weight "
@@ -328,8 +328,9 @@ class PruneConfig(StageConfig):
     )
     calibration_tokens: int = Field(128, ge=8, description="Tokens per calibration sequence.")
     prune_heads: bool = Field(
-        False, description="Also prune query heads (evenly within each kv group). Off, the whole ratio comes from the "
-        "MLP's channels, whose least-squares refit absorbs a removal better than a head's."
+        False, description="Also prune query heads (evenly within each kv group), which makes the model faster for "
+        "its size but costs more perplexity. Off, the whole ratio comes from the MLP's channels, whose refit absorbs "
+        "a removal better than a head's."
     )
     width_multiple: int = Field(
         8, ge=1, description="Keep an MLP width that is a multiple of this (kernels run faster on such widths); 1 "

@@ -81,24 +81,38 @@ def _identity(hidden_states, *args, **kwargs):
     return hidden_states
 
 
-def module_input(layer, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """The input rows [tokens, in_features] of ``layer``'s linear module ``name`` on one batch (the rest of the
-    layer is skipped)."""
+def _rows_at(layer, name: str, hidden: torch.Tensor, kwargs: dict, output: bool) -> torch.Tensor:
+    """Run ``layer`` on one batch up to its module ``name`` and return that module's input rows [tokens, features]
+    (or, with ``output``, its output rows); the rest of the layer is skipped."""
     seen: list[torch.Tensor] = []
 
-    def hook(module, args):
-        seen.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+    def hook(module, args, result=None):
+        rows = result if output else args[0]
+        seen.append(rows.reshape(-1, rows.shape[-1]))
         raise _Stop
 
-    handle = layer.get_submodule(name).register_forward_pre_hook(hook)
+    module = layer.get_submodule(name)
+    handle = module.register_forward_hook(hook) if output else module.register_forward_pre_hook(hook)
     try:
-        with torch.no_grad():
-            layer(hidden, **kwargs)
+        layer(hidden, **kwargs)
     except _Stop:
         pass
     finally:
         handle.remove()
     return seen[0]
+
+
+def module_input(layer, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The input rows [tokens, in_features] of ``layer``'s linear module ``name`` on one batch (the rest of the
+    layer is skipped)."""
+    with torch.no_grad():
+        return _rows_at(layer, name, hidden, kwargs, output=False)
+
+
+def module_output(layer, name: str, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The output rows [tokens, out_features] of ``layer``'s module ``name`` on one batch (the rest of the layer is
+    skipped), with the autograd graph that led to it where gradients are enabled."""
+    return _rows_at(layer, name, hidden, kwargs, output=True)
 
 
 def layer_output(layer, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:

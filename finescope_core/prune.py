@@ -7,8 +7,9 @@ dense. Every layer keeps the same widths, so the result is a stock transformers 
 layers are pruned in order on calibration text and the output projections (``o_proj``, ``down_proj``) are refit by
 least squares (``finescope_core.layerwise``): by default to the layer's unpruned weights applied to the pruned
 model's inputs, or (``refit_target: dense``) to the unpruned model's layer outputs. Within a layer, the attention
-is pruned and refit first, and the MLP's statistics are taken on what that attention now feeds it. The pruned MLP is
-then tuned as a whole by a few gradient steps towards the same target (``finescope_core.refine``).
+is pruned, refit and (where it lost heads) tuned first, and the MLP's statistics are taken on what that attention now
+feeds it. The pruned MLP and an attention that lost heads are tuned as a whole by a few gradient steps towards the
+same target (``finescope_core.refine``, ``finescope_core.refine_attention``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from finescope_core.obs import obs_removal
 from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
 from finescope_core.refine import mlp_inputs, mlp_outputs, refine_mlp, storage_dtype
+from finescope_core.refine_attention import attention_targets, refine_attention
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM")
 CALIBRATION_BATCH = 8  # sequences per forward in the layer-by-layer pass
@@ -181,7 +183,8 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
     the attention above it is pruned and refit). ``scores`` are the (head, channel) scores of a calibration-free or
     gradient importance; ``dense_layer``, the layer before pruning, makes the refit target its outputs."""
     removed = []
-    unpruned_mlp = copy.deepcopy(layer.mlp) if refining(cfg) and dense_layer is None else None
+    unpruned = copy.deepcopy(layer) if refining(cfg) and dense_layer is None else None
+    record = {}
     if inputs is not None:
         inputs.weights = None  # each block's own, set below
     for part, part_scores in zip(parts(shape, plan), scores or (None, None)):
@@ -199,14 +202,28 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
         with torch.no_grad():
             prune_part(layer, part, blocks, shape, stats, cfg.reconstruct)
         removed.append(blocks)
-    record = {"query_heads": removed[0], "mlp_channels": removed[1]}
+        if blocks and refining(cfg) and part.projection == "self_attn.o_proj":
+            record["refine_attention"] = refine_layer_attention(layer, index, inputs, cfg, unpruned, dense_layer)
+    record.update(query_heads=removed[0], mlp_channels=removed[1])
     if refining(cfg):
+        unpruned_mlp = None if unpruned is None else unpruned.mlp
         record["refine"] = refine_layer_mlp(layer, index, inputs, cfg, unpruned_mlp, dense_layer)
     return record
 
 
 def refining(cfg: PruneConfig) -> bool:
     return cfg.reconstruct and cfg.refine_steps > 0
+
+
+def refine_layer_attention(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, unpruned,
+                           dense_layer) -> dict[str, float]:
+    """Tune the attention that lost query heads by gradient steps towards the refit's target: the unpruned layer's
+    attention on the pruned model's inputs (``unpruned``), or with ``dense_layer`` on the unpruned model's."""
+    source, states = (unpruned, inputs.hidden) if dense_layer is None else (dense_layer, inputs.dense)
+    targets = attention_targets(source, states, inputs.kwargs[index], storage_dtype(cfg.precision))
+    generator = torch.Generator().manual_seed(cfg.seed + index)
+    return refine_attention(layer, inputs, index, targets, cfg.refine_steps, cfg.refine_relative_lr, generator,
+                            cfg.precision)
 
 
 def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, unpruned_mlp,

@@ -10,6 +10,8 @@ one MLP at a time, so memory holds one layer's inputs and targets, never a model
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from finescope_core.layerwise import LayerInputs, module_input
@@ -94,14 +96,41 @@ def relative_step_groups(params: list[torch.nn.Parameter], relative_lr: float) -
             for size, param in zip(sizes, params)]
 
 
+def tuned_by_adam(params: list[torch.nn.Parameter], accumulate_step: Callable[[], None], error: Callable[[], float],
+                  steps: int, relative_lr: float) -> dict[str, float]:
+    """Run ``steps`` Adam steps on ``params`` (a cosine decay from ``relative_lr`` times each weight matrix's RMS:
+    :func:`relative_step_groups`), each on the gradients ``accumulate_step`` leaves by its backward passes; returns
+    ``error`` before and after, and undoes the steps where they left it higher (too large a rate)."""
+    before = error()
+    start = [param.detach().clone() for param in params]
+    trainable = [param.requires_grad for param in params]
+    for param in params:
+        param.requires_grad_(True)
+    optimiser = torch.optim.Adam(relative_step_groups(params, relative_lr))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(0, steps))
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimiser.zero_grad(set_to_none=True)
+            accumulate_step()
+            optimiser.step()
+            schedule.step()
+    for param, flag in zip(params, trainable):
+        param.requires_grad_(flag)
+        param.grad = None
+    after = error()
+    if not after < before:
+        with torch.no_grad():
+            for param, saved in zip(params, start):
+                param.copy_(saved)
+    return {"error_before": before, "error_after": min(before, after)}
+
+
 def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, relative_lr: float,
                generator: torch.Generator, precision: Precision = "float32",
                weights: torch.Tensor | None = None) -> dict[str, float]:
-    """Tune ``mlp``'s weights by ``steps`` Adam steps (a cosine decay from ``relative_lr`` times each weight
-    matrix's RMS: :func:`relative_step_groups`) on random batches of the rows ``x`` to reproduce ``target``, each
-    row's squared error times its entry in ``weights`` (default 1); returns the relative error on ``x`` before and
-    after. Steps that leave that error higher (too large a rate) are undone. The weights keep their dtype and
-    shapes: the result is still a stock MLP.
+    """Tune ``mlp``'s weights by ``steps`` Adam steps (:func:`tuned_by_adam`) on random batches of the rows ``x`` to
+    reproduce ``target``, each row's squared error times its entry in ``weights`` (default 1); returns the relative
+    error on ``x`` before and after. The weights keep their dtype and shapes: the result is still a stock MLP.
     With ``precision`` bfloat16 the steps' products run in bfloat16 autocast (the weights, Adam's state and the
     error stay float32), which is faster and holds smaller activations where bfloat16 is native.
 
@@ -109,32 +138,15 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
     row, so such rows favour the refit and would undo steps that do lower held-out perplexity (README, pruning)."""
     weights = None if weights is None else weights.float()
     target_energy = energy(target, weights)
-    before = relative_error(mlp, x, target, weights, target_energy)
-    params = list(mlp.parameters())
-    start = [param.detach().clone() for param in params]
-    trainable = [param.requires_grad for param in params]
-    for param in params:
-        param.requires_grad_(True)
-    optimiser = torch.optim.Adam(relative_step_groups(params, relative_lr))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(0, steps))
     scale = max(target_energy / target.numel(), 1e-12)
-    with torch.enable_grad():
-        for _ in range(steps):
-            rows = torch.randint(len(x), (min(REFINE_BATCH_TOKENS, len(x)),), generator=generator)
-            optimiser.zero_grad(set_to_none=True)
-            for part in rows.split(PASS_ROWS):  # the batch's mean squared error, its gradient summed pass by pass
-                with autocast(str(x.device), precision):
-                    output = mlp(x[part].float())
-                error = squared_error(output, target[part], None if weights is None else weights[part])
-                (error / (len(rows) * target.shape[-1] * scale)).backward()
-            optimiser.step()
-            schedule.step()
-    for param, flag in zip(params, trainable):
-        param.requires_grad_(flag)
-        param.grad = None
-    after = relative_error(mlp, x, target, weights, target_energy)
-    if not after < before:
-        with torch.no_grad():
-            for param, saved in zip(params, start):
-                param.copy_(saved)
-    return {"error_before": before, "error_after": min(before, after)}
+
+    def accumulate_step() -> None:
+        rows = torch.randint(len(x), (min(REFINE_BATCH_TOKENS, len(x)),), generator=generator)
+        for part in rows.split(PASS_ROWS):  # the batch's mean squared error, its gradient summed pass by pass
+            with autocast(str(x.device), precision):
+                output = mlp(x[part].float())
+            error = squared_error(output, target[part], None if weights is None else weights[part])
+            (error / (len(rows) * target.shape[-1] * scale)).backward()
+
+    return tuned_by_adam(list(mlp.parameters()), accumulate_step,
+                         lambda: relative_error(mlp, x, target, weights, target_energy), steps, relative_lr)
