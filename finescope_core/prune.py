@@ -183,7 +183,10 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
     the attention above it is pruned and refit). ``scores`` are the (head, channel) scores of a calibration-free or
     gradient importance; ``dense_layer``, the layer before pruning, makes the refit target its outputs."""
     removed = []
-    unpruned = copy.deepcopy(layer) if refining(cfg) and dense_layer is None else None
+    from_copy = refining(cfg) and dense_layer is None  # the refinement's targets come from the layer as it was
+    # the attention's steps run the whole layer, so it is copied whole only where its attention loses heads
+    unpruned = copy.deepcopy(layer) if from_copy and plan.heads_per_group > 0 else None
+    unpruned_mlp = (copy.deepcopy(layer.mlp) if unpruned is None else unpruned.mlp) if from_copy else None
     record = {}
     if inputs is not None:
         inputs.weights = None  # each block's own, set below
@@ -206,7 +209,6 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
             record["refine_attention"] = refine_layer_attention(layer, index, inputs, cfg, unpruned, dense_layer)
     record.update(query_heads=removed[0], mlp_channels=removed[1])
     if refining(cfg):
-        unpruned_mlp = None if unpruned is None else unpruned.mlp
         record["refine"] = refine_layer_mlp(layer, index, inputs, cfg, unpruned_mlp, dense_layer)
     return record
 

@@ -14,7 +14,7 @@ import torch
 
 from finescope_core.layerwise import LayerInputs, module_output
 from finescope_core.precision import Precision, autocast
-from finescope_core.refine import REFINE_BATCH_TOKENS, squared_error, tuned_by_adam
+from finescope_core.refine import REFINE_BATCH_TOKENS, energy, squared_error, tuned_by_adam
 
 OUTPUT = "self_attn.o_proj"
 
@@ -36,7 +36,7 @@ def refine_attention(layer, inputs: LayerInputs, index: int, targets: list[torch
     tuned = {id(param) for param in params}
     frozen = [param for param in layer.parameters() if id(param) not in tuned and param.requires_grad]
     weights = [None] * len(targets) if inputs.weights is None else [w.float() for w in inputs.weights]
-    batch_energy = [float(squared_error(target, torch.zeros(()), w)) for target, w in zip(targets, weights)]
+    batch_energy = [energy(target, w) for target, w in zip(targets, weights)]
     scale = max(sum(batch_energy) / sum(target.numel() for target in targets), 1e-12)
     per_step = max(1, round(REFINE_BATCH_TOKENS * len(targets) / sum(len(target) for target in targets)))
 
