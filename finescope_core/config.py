@@ -304,7 +304,8 @@ class PruneConfig(StageConfig):
     refine_steps: int = Field(
         256, ge=0, description="Adam steps per layer that tune the kept MLP weights (gate, up and down together, "
         "through the activation), and those of an attention that lost query heads (prune_heads), towards the refit's "
-        "target after the least-squares refit (reconstruct only); 0 keeps the closed-form refit alone."
+        "target after the least-squares refit (reconstruct only; below an attention that lost heads, the MLP's steps "
+        "aim at the unpruned layer's output, taking up what the attention misses); 0 keeps the closed-form refit alone."
     )
     refine_relative_lr: float = Field(
         0.015, gt=0, description="Peak learning rate of those steps (cosine decay to 0), as a fraction of each weight "

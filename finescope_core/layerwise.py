@@ -121,18 +121,19 @@ def layer_output(layer, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def residual_weights(layer, inputs: LayerInputs, index: int, block: str) -> list[torch.Tensor]:
+def residual_weights(layer, inputs: LayerInputs, index: int, block: str, norm_gain: bool = True) -> list[torch.Tensor]:
     """Per calibration batch, each token's weight in the squared error of the layer's ``block`` ("self_attn" or
     "mlp"): the inverse mean square of the residual stream the (still unpruned) layer outputs there, times the
     square of the gain with which a normalisation after the block (:func:`output_norm`) passes its output on at that
-    token; scaled to a mean of 1 over the batches.
+    token (without ``norm_gain``, for an error measured after that normalisation); scaled to a mean of 1 over the
+    batches.
 
     The next layer's normalisation divides the stream by its size, so an error counts in proportion to the stream
     it lands in. Without the weights, a layer that writes an outsized activation on the first token (SmolLM2's
     12th MLP: that token holds 99.8% of its output's energy) would spend its refit on that one token. A
     normalisation after the block (Gemma's) divides the block's output, and so its error, by the output's size
     token by token: an error where the block writes little counts for more."""
-    norm = output_norm(layer, block)
+    norm = output_norm(layer, block) if norm_gain else None
     gains: list[torch.Tensor] = []
 
     def record_gain(module, args, output):

@@ -9,7 +9,8 @@ least squares (``finescope_core.layerwise``): by default to the layer's unpruned
 model's inputs, or (``refit_target: dense``) to the unpruned model's layer outputs. Within a layer, the attention
 is pruned, refit and (where it lost heads) tuned first, and the MLP's statistics are taken on what that attention now
 feeds it. The pruned MLP and an attention that lost heads are tuned as a whole by a few gradient steps towards the
-same target (``finescope_core.refine``, ``finescope_core.refine_attention``).
+same target (``finescope_core.refine``, ``finescope_core.refine_attention``); below an attention that lost heads,
+the MLP's steps aim at the whole unpruned layer's output, so that it also takes up what the attention still misses.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ from finescope_core.layerwise import (
     residual_weights,
     run_layer,
 )
-from finescope_core.model_structure import decoder_layers
+from finescope_core.model_structure import decoder_layers, output_norm
 from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.obs import obs_removal
 from finescope_core.precision import resolve_precision
 from finescope_core.progress import progress
-from finescope_core.refine import mlp_inputs, mlp_outputs, refine_mlp, storage_dtype
+from finescope_core.refine import mlp_inputs, mlp_outputs, refine_mlp, residual_targets, storage_dtype
 from finescope_core.refine_attention import attention_targets, refine_attention
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM")
@@ -209,7 +210,7 @@ def prune_layer(layer, index: int, plan: Plan, shape: AttentionShape, cfg: Prune
             record["refine_attention"] = refine_layer_attention(layer, index, inputs, cfg, unpruned, dense_layer)
     record.update(query_heads=removed[0], mlp_channels=removed[1])
     if refining(cfg):
-        record["refine"] = refine_layer_mlp(layer, index, inputs, cfg, unpruned_mlp, dense_layer)
+        record["refine"] = refine_layer_mlp(layer, index, inputs, cfg, unpruned_mlp, dense_layer, unpruned)
     return record
 
 
@@ -228,17 +229,26 @@ def refine_layer_attention(layer, index: int, inputs: LayerInputs, cfg: PruneCon
                             cfg.precision)
 
 
-def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, unpruned_mlp,
-                     dense_layer) -> dict[str, float]:
+def refine_layer_mlp(layer, index: int, inputs: LayerInputs, cfg: PruneConfig, unpruned_mlp, dense_layer,
+                     unpruned_layer=None) -> dict[str, float]:
     """Tune the pruned MLP by gradient steps towards the refit's target: the unpruned MLP on the pruned model's
-    inputs (``unpruned_mlp``), or with ``dense_layer`` the unpruned layer's MLP on the unpruned model's inputs."""
+    inputs (``unpruned_mlp``), or with ``dense_layer`` the unpruned layer's MLP on the unpruned model's inputs.
+    Where the attention lost heads (``unpruned_layer``, the whole layer as it was), the steps aim at the unpruned
+    layer's output instead, so that the MLP also takes up the error the pruned attention leaves."""
     dtype = storage_dtype(cfg.precision)
     x = mlp_inputs(layer, inputs, index, dtype=dtype)
+    generator = torch.Generator().manual_seed(cfg.seed + index)
+    if unpruned_layer is not None:
+        norm = output_norm(layer, "mlp")
+        target = residual_targets(layer, unpruned_layer, inputs, index, norm, dtype)
+        weights = None if inputs.weights is None else torch.cat(
+            residual_weights(unpruned_layer, inputs, index, "mlp", norm_gain=False))
+        return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_relative_lr, generator, cfg.precision,
+                          weights, norm)
     if dense_layer is None:
         target = mlp_outputs(unpruned_mlp, x)
     else:
         target = mlp_outputs(dense_layer.mlp, mlp_inputs(dense_layer, inputs, index, dense=True, dtype=dtype))
-    generator = torch.Generator().manual_seed(cfg.seed + index)
     weights = None if inputs.weights is None else torch.cat(inputs.weights)
     return refine_mlp(layer.mlp, x, target, cfg.refine_steps, cfg.refine_relative_lr, generator, cfg.precision, weights)
 

@@ -10,11 +10,12 @@ one MLP at a time, so memory holds one layer's inputs and targets, never a model
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from finescope_core.layerwise import LayerInputs, module_input
+from finescope_core.layerwise import LayerInputs, layer_output, module_input
 from finescope_core.precision import Precision, autocast
 from finescope_core.recover import warmup_cosine
 
@@ -54,6 +55,26 @@ def mlp_outputs(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
+def residual_targets(layer, unpruned_layer, inputs: LayerInputs, index: int, norm: torch.nn.Module | None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What ``layer``'s MLP (through ``norm``, the normalisation after it where the family has one) must add to the
+    residual stream for the layer to output what ``unpruned_layer`` does on the pruned model's inputs: its present
+    addition plus the gap between the two layers' outputs, in float32, held in ``dtype`` with rows as
+    :func:`mlp_inputs` gives them. Where the attention above the MLP lost heads, this target lets the MLP take up
+    the error the attention leaves."""
+    addition = layer.mlp if norm is None else torch.nn.Sequential(layer.mlp, norm)
+    targets = torch.empty(sum(hidden.shape[:-1].numel() for hidden in inputs.hidden), inputs.hidden[0].shape[-1],
+                          dtype=dtype)
+    start = 0
+    with torch.no_grad():
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index]):
+            gap = layer_output(unpruned_layer, hidden, kwargs) - layer_output(layer, hidden, kwargs)
+            rows = addition(module_input(layer, "mlp", hidden, kwargs).float()) + gap.reshape(-1, gap.shape[-1])
+            targets[start : start + len(rows)] = rows
+            start += len(rows)
+    return targets
+
+
 def squared_error(output: torch.Tensor, wanted: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """The sum over rows of each row's squared error (float32), times the row's weight where ``weights`` are given."""
     squares = (output.float() - wanted.float()).square()
@@ -73,8 +94,8 @@ def energy(target: torch.Tensor, weights: torch.Tensor | None) -> float:
 
 def relative_error(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
                    target_energy: float) -> float:
-    """(Weighted) squared error of ``mlp`` on ``x`` against ``target``, in float32, as a share of ``target_energy``
-    (its :func:`energy`); batch by batch, so no second copy of the outputs is held."""
+    """(Weighted) squared error of ``mlp`` (any module of the rows) on ``x`` against ``target``, in float32, as a
+    share of ``target_energy`` (its :func:`energy`); batch by batch, so no second copy of the outputs is held."""
     with torch.no_grad():
         error = sum(float(squared_error(mlp(rows.float()), wanted, w))
                     for (rows, w), wanted in zip(row_batches(x, weights), target.split(PASS_ROWS)))
@@ -94,6 +115,20 @@ def relative_step_groups(params: list[torch.nn.Parameter], relative_lr: float) -
     fallback = sum(matrices) / len(matrices) if matrices else 1.0
     return [{"params": [param], "lr": relative_lr * (size if param.dim() >= 2 else fallback)}
             for size, param in zip(sizes, params)]
+
+
+@contextlib.contextmanager
+def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Keep ``params`` (those that take gradients) out of the gradient inside the block, so that steps on other
+    weights neither move them nor hold gradients for them."""
+    held = [param for param in params if param.requires_grad]
+    for param in held:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in held:
+            param.requires_grad_(True)
 
 
 def tuned_by_adam(params: list[torch.nn.Parameter], accumulate_step: Callable[[], None], error: Callable[[], float],
@@ -126,27 +161,30 @@ def tuned_by_adam(params: list[torch.nn.Parameter], accumulate_step: Callable[[]
 
 
 def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, steps: int, relative_lr: float,
-               generator: torch.Generator, precision: Precision = "float32",
-               weights: torch.Tensor | None = None) -> dict[str, float]:
+               generator: torch.Generator, precision: Precision = "float32", weights: torch.Tensor | None = None,
+               norm: torch.nn.Module | None = None) -> dict[str, float]:
     """Tune ``mlp``'s weights by ``steps`` Adam steps (:func:`tuned_by_adam`) on random batches of the rows ``x`` to
-    reproduce ``target``, each row's squared error times its entry in ``weights`` (default 1); returns the relative
-    error on ``x`` before and after. The weights keep their dtype and shapes: the result is still a stock MLP.
-    With ``precision`` bfloat16 the steps' products run in bfloat16 autocast (the weights, Adam's state and the
-    error stay float32), which is faster and holds smaller activations where bfloat16 is native.
+    reproduce ``target`` (after ``norm``, a normalisation left as it is, where given), each row's squared error
+    times its entry in ``weights`` (default 1); returns the relative error on ``x`` before and after. The weights
+    keep their dtype and shapes: the result is still a stock MLP. With ``precision`` bfloat16 the steps' products
+    run in bfloat16 autocast (the weights, Adam's state and the error stay float32), which is faster and holds
+    smaller activations where bfloat16 is native.
 
     The error is not judged on rows kept out of the steps: the least-squares refit before them was solved on every
     row, so such rows favour the refit and would undo steps that do lower held-out perplexity (README, pruning)."""
     weights = None if weights is None else weights.float()
     target_energy = energy(target, weights)
     scale = max(target_energy / target.numel(), 1e-12)
+    forward = mlp if norm is None else torch.nn.Sequential(mlp, norm)
 
     def accumulate_step() -> None:
         rows = torch.randint(len(x), (min(REFINE_BATCH_TOKENS, len(x)),), generator=generator)
         for part in rows.split(PASS_ROWS):  # the batch's mean squared error, its gradient summed pass by pass
             with autocast(str(x.device), precision):
-                output = mlp(x[part].float())
+                output = forward(x[part].float())
             error = squared_error(output, target[part], None if weights is None else weights[part])
             (error / (len(rows) * target.shape[-1] * scale)).backward()
 
-    return tuned_by_adam(list(mlp.parameters()), accumulate_step,
-                         lambda: relative_error(mlp, x, target, weights, target_energy), steps, relative_lr)
+    with frozen([] if norm is None else norm.parameters()):
+        return tuned_by_adam(list(mlp.parameters()), accumulate_step,
+                             lambda: relative_error(forward, x, target, weights, target_energy), steps, relative_lr)

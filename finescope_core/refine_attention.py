@@ -14,7 +14,7 @@ import torch
 
 from finescope_core.layerwise import LayerInputs, module_output
 from finescope_core.precision import Precision, autocast
-from finescope_core.refine import REFINE_BATCH_TOKENS, energy, squared_error, tuned_by_adam
+from finescope_core.refine import REFINE_BATCH_TOKENS, energy, frozen, squared_error, tuned_by_adam
 
 OUTPUT = "self_attn.o_proj"
 
@@ -34,7 +34,6 @@ def refine_attention(layer, inputs: LayerInputs, index: int, targets: list[torch
     A step reads whole batches, about REFINE_BATCH_TOKENS tokens; the rest of the layer is frozen meanwhile."""
     params = list(layer.self_attn.parameters())
     tuned = {id(param) for param in params}
-    frozen = [param for param in layer.parameters() if id(param) not in tuned and param.requires_grad]
     weights = [None] * len(targets) if inputs.weights is None else [w.float() for w in inputs.weights]
     batch_energy = [energy(target, w) for target, w in zip(targets, weights)]
     scale = max(sum(batch_energy) / sum(target.numel() for target in targets), 1e-12)
@@ -56,10 +55,5 @@ def refine_attention(layer, inputs: LayerInputs, index: int, targets: list[torch
             total = sum(float(batch_error(batch, "float32")) for batch in range(len(targets)))
         return total / max(sum(batch_energy), 1e-12)
 
-    for param in frozen:
-        param.requires_grad_(False)
-    try:
+    with frozen(param for param in layer.parameters() if id(param) not in tuned):
         return tuned_by_adam(params, accumulate_step, error, steps, relative_lr)
-    finally:
-        for param in frozen:
-            param.requires_grad_(True)

@@ -11,8 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from finescope_core import prune, refine
 from finescope_core.config import PruneConfig
 from finescope_core.importance import attention_shape
-from finescope_core.layerwise import capture_inputs, input_statistics, module_input
-from finescope_core.model_structure import decoder_layers
+from finescope_core.layerwise import capture_inputs, input_statistics, layer_output, module_input
+from finescope_core.model_structure import decoder_layers, output_norm
 from finescope_core.models import count_parameters, load_model, load_tokenizer, prefix_token_id
 from finescope_core.prune import plan_widths, prune_model
 
@@ -82,7 +82,7 @@ def test_the_mlp_is_pruned_on_the_inputs_the_pruned_attention_gives_it(tiny_mode
     whole_attention = input_statistics(layer, inputs, 0, "mlp.down_proj").gram
     used = {}
     monkeypatch.setattr(prune, "input_statistics", lambda *args: used.setdefault(args[3], input_statistics(*args)))
-    cfg = PruneConfig(importance="activation", refit_target="own")
+    cfg = PruneConfig(importance="activation", refit_target="own", refine_steps=0)  # steps would move gate and up
     record = prune.prune_layer(layer, 0, prune.Plan(1, 8), shape, cfg, inputs, None, None)
     heads, channels = record["query_heads"], record["mlp_channels"]
     kept = [c for c in range(len(whole_attention)) if c not in channels]
@@ -254,12 +254,11 @@ def test_refinement_brings_the_pruned_mlps_closer_to_the_unpruned_ones(family_mo
     assert errors["diverged"] == errors["none"], errors
 
 
-def test_refinement_brings_an_attention_that_lost_heads_closer_to_the_unpruned_one(family_model: Path,
-                                                                                     tmp_path: Path, monkeypatch):
-    """With query heads pruned, gradient steps on the attention's kept weights lower each layer's attention error
-    against the refit's target, and the model's distance from the dense logits on text the steps did not see, in
-    every family (Qwen 3 and Gemma 3 add q/k norms, Gemma 3 sliding windows). The arm without them is the same
-    pruning with the attention's steps skipped (the MLP's still run)."""
+def heads_pruned_with_and_without(family_model: Path, tmp_path: Path, monkeypatch, function: str,
+                                  without) -> tuple[dict, dict[str, float]]:
+    """Prune a tiny model's query heads and MLP channels twice on the same text, the second time with ``prune``'s
+    ``function`` replaced by ``without``; returns the first pruning's report and both models' distances from the
+    dense logits on text the pruning did not see ("with", "without")."""
     dense = load_model(family_model)
     texts = word_texts(seed=1, words=6000, per_text=400)
     ids = prune.calibration_sequences(load_tokenizer(family_model), texts[10:], 8, 64)
@@ -267,16 +266,67 @@ def test_refinement_brings_an_attention_that_lost_heads_closer_to_the_unpruned_o
         target = dense(input_ids=ids).logits
     cfg = PruneConfig(ratio=0.3, ratio_of="decoder", prune_heads=True, calibration_samples=16,
                       calibration_tokens=64, refine_steps=40, precision="float32")
-    refined = prune_model(family_model, texts[:10], tmp_path / "refined", cfg)
-    monkeypatch.setattr(prune, "refine_layer_attention", lambda *args: {})
-    prune_model(family_model, texts[:10], tmp_path / "mlp_only", cfg)
-    assert refined["query_heads_removed_per_kv_group"] > 0
-    steps = [layer["refine_attention"] for layer in refined["layers"]]
-    assert all(s["error_after"] < s["error_before"] for s in steps), steps
+    report = prune_model(family_model, texts[:10], tmp_path / "with", cfg)
+    monkeypatch.setattr(prune, function, without)
+    prune_model(family_model, texts[:10], tmp_path / "without", cfg)
+    assert report["query_heads_removed_per_kv_group"] > 0
     with torch.no_grad():
-        errors = {name: (load_model(tmp_path / name)(input_ids=ids).logits - target).norm().item()
-                  for name in ("refined", "mlp_only")}
-    assert errors["refined"] < errors["mlp_only"], errors
+        distances = {name: (load_model(tmp_path / name)(input_ids=ids).logits - target).norm().item()
+                     for name in ("with", "without")}
+    return report, distances
+
+
+def test_refinement_brings_an_attention_that_lost_heads_closer_to_the_unpruned_one(family_model: Path,
+                                                                                     tmp_path: Path, monkeypatch):
+    """With query heads pruned, gradient steps on the attention's kept weights lower each layer's attention error
+    against the refit's target, and the model's distance from the dense logits on text the steps did not see, in
+    every family (Qwen 3 and Gemma 3 add q/k norms, Gemma 3 sliding windows). The arm without them is the same
+    pruning with the attention's steps skipped (the MLP's still run)."""
+    report, distances = heads_pruned_with_and_without(family_model, tmp_path, monkeypatch, "refine_layer_attention",
+                                                      lambda *args: {})
+    steps = [layer["refine_attention"] for layer in report["layers"]]
+    assert all(s["error_after"] < s["error_before"] for s in steps), steps
+    assert distances["with"] < distances["without"], distances
+
+
+def mlp_additions(layer, inputs, index: int) -> torch.Tensor:
+    """What ``layer``'s MLP adds to the residual stream (through the norm after it, where there is one) per token."""
+    norm = output_norm(layer, "mlp")
+    addition = layer.mlp if norm is None else torch.nn.Sequential(layer.mlp, norm)
+    with torch.no_grad():
+        return torch.cat([addition(module_input(layer, "mlp", hidden, kwargs))
+                          for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index])])
+
+
+def test_residual_targets_are_what_the_mlp_adds_plus_the_layer_output_gap(family_model: Path):
+    """Where the layer is still the unpruned one, the MLP's target is what it adds now (through the norm after it,
+    in Gemma 3); where the attention's output is halved, the target is that addition plus the gap the halved
+    attention leaves in the layer's output, so an MLP that met it would restore the unpruned layer's output."""
+    model = load_model(family_model)
+    layer = decoder_layers(model)[1]
+    inputs = capture_inputs(model, list(torch.randint(0, 200, (2, 3, 16))))
+    unchanged = refine.residual_targets(layer, copy.deepcopy(layer), inputs, 1, output_norm(layer, "mlp"))
+    assert torch.allclose(unchanged, mlp_additions(layer, inputs, 1), atol=1e-5)
+    halved = copy.deepcopy(layer)
+    with torch.no_grad():
+        halved.self_attn.o_proj.weight.mul_(0.5)
+        gap = torch.cat([(layer_output(layer, hidden, kwargs) - layer_output(halved, hidden, kwargs)).flatten(0, 1)
+                         for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[1])])
+    assert gap.abs().max() > 1e-3
+    targets = refine.residual_targets(halved, layer, inputs, 1, output_norm(halved, "mlp"))
+    assert torch.allclose(targets, mlp_additions(halved, inputs, 1) + gap, atol=1e-5)
+
+
+def test_mlp_steps_below_an_attention_that_lost_heads_aim_at_the_whole_layer(family_model: Path, tmp_path: Path,
+                                                                                monkeypatch):
+    """With query heads pruned, the MLP's steps towards the unpruned layer's output (which the attention's error is
+    part of) leave the model nearer the dense logits on text the steps did not see than steps towards the unpruned
+    MLP's output alone, in every family; every layer's error still falls."""
+    own_target = prune.refine_layer_mlp
+    report, distances = heads_pruned_with_and_without(family_model, tmp_path, monkeypatch, "refine_layer_mlp",
+                                                      lambda *args: own_target(*args[:6]))  # no unpruned layer
+    assert all(layer["refine"]["error_after"] < layer["refine"]["error_before"] for layer in report["layers"])
+    assert distances["with"] < distances["without"], distances
 
 
 def test_refinement_in_bfloat16_lowers_the_error_and_keeps_float32_weights(tiny_model: Path, tmp_path: Path):

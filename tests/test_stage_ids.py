@@ -247,7 +247,7 @@ def defaults_digest(stage: str) -> str:
 VERSIONED_DEFAULTS: dict[str, tuple[int, str]] = {
     "corpus": (1, "ea287ae55247"), "pool": (1, "73ab6a7a391f"), "seeds": (1, "980f073f7115"),
     "acts": (3, "a2a8ce972f6e"), "sae": (4, "1bc442fa8592"), "embeddings": (2, "a458261575d5"),
-    "sentences": (1, "cbe8200e646f"), "curated": (8, "012653fafad7"), "pruned": (17, "bfaaab98afb8"),
+    "sentences": (1, "cbe8200e646f"), "curated": (8, "012653fafad7"), "pruned": (18, "bfaaab98afb8"),
     "distilled": (2, "598f1f69a811"), "recovered": (3, "72c3647db395"), "eval": (2, "d1c501043055"),
     "speed": (1, "a7e3970dff56"), "report": (2, "2dbc006ba976"), "merged": (2, "44136fa355b3"),
     "imported": (1, "4cd73564abca"), "imported_eval": (1, "438d29bd1b2d"), "sweep": (1, "b27bf8a08426"),
