@@ -55,6 +55,12 @@ def mlp_outputs(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
+def mlp_addition(mlp: torch.nn.Module, norm: torch.nn.Module | None) -> torch.nn.Module:
+    """What the MLP adds to the residual stream: ``mlp`` followed by ``norm``, the normalisation after it where the
+    family has one (Gemma's)."""
+    return mlp if norm is None else torch.nn.Sequential(mlp, norm)
+
+
 def residual_targets(layer, unpruned_layer, inputs: LayerInputs, index: int, norm: torch.nn.Module | None,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """What ``layer``'s MLP (through ``norm``, the normalisation after it where the family has one) must add to the
@@ -62,7 +68,7 @@ def residual_targets(layer, unpruned_layer, inputs: LayerInputs, index: int, nor
     addition plus the gap between the two layers' outputs, in float32, held in ``dtype`` with rows as
     :func:`mlp_inputs` gives them. Where the attention above the MLP lost heads, this target lets the MLP take up
     the error the attention leaves."""
-    addition = layer.mlp if norm is None else torch.nn.Sequential(layer.mlp, norm)
+    addition = mlp_addition(layer.mlp, norm)
     targets = torch.empty(sum(hidden.shape[:-1].numel() for hidden in inputs.hidden), inputs.hidden[0].shape[-1],
                           dtype=dtype)
     start = 0
@@ -175,7 +181,7 @@ def refine_mlp(mlp: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, step
     weights = None if weights is None else weights.float()
     target_energy = energy(target, weights)
     scale = max(target_energy / target.numel(), 1e-12)
-    forward = mlp if norm is None else torch.nn.Sequential(mlp, norm)
+    forward = mlp_addition(mlp, norm)
 
     def accumulate_step() -> None:
         rows = torch.randint(len(x), (min(REFINE_BATCH_TOKENS, len(x)),), generator=generator)

@@ -291,8 +291,7 @@ def test_refinement_brings_an_attention_that_lost_heads_closer_to_the_unpruned_o
 
 def mlp_additions(layer, inputs, index: int) -> torch.Tensor:
     """What ``layer``'s MLP adds to the residual stream (through the norm after it, where there is one) per token."""
-    norm = output_norm(layer, "mlp")
-    addition = layer.mlp if norm is None else torch.nn.Sequential(layer.mlp, norm)
+    addition = refine.mlp_addition(layer.mlp, output_norm(layer, "mlp"))
     with torch.no_grad():
         return torch.cat([addition(module_input(layer, "mlp", hidden, kwargs))
                           for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[index])])
