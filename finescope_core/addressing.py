@@ -19,8 +19,8 @@ from finescope_core import storage
 # fingerprints hold only the settings that differ from their defaults, so that a new setting does not invalidate
 # every finished stage).
 STAGE_VERSIONS = {
-    "corpus": 1, "pool": 1, "seeds": 1, "acts": 3, "sae": 4, "embeddings": 2, "sentences": 1, "curated": 8,
-    "pruned": 18, "distilled": 2, "recovered": 3, "eval": 2, "speed": 1, "report": 2, "merged": 2, "imported": 1,
+    "corpus": 1, "pool": 1, "seeds": 1, "acts": 3, "sae": 4, "embeddings": 2, "sentences": 1, "curated": 9,
+    "pruned": 19, "distilled": 2, "recovered": 3, "eval": 2, "speed": 1, "report": 2, "merged": 2, "imported": 1,
     "imported_eval": 1, "sweep": 1,
 }
 

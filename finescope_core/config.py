@@ -320,9 +320,16 @@ class PruneConfig(StageConfig):
     )
     calibration: Literal["curated_first_pass", "curated", "generic"] = Field(
         "curated_first_pass", description="Calibration text: curated_first_pass (the documents the selection keeps "
-        "before its graph re-ranking, those nearest the seeds by the first-pass score, at the same budget; the "
-        "curated data itself where select does not re-rank), curated (the curated data, as recovery trains on it), "
-        "or generic (random pool documents)."
+        "before its graph re-ranking, those nearest the seeds by the first-pass score), curated (the documents the "
+        "selection keeps, as recovery trains on them), or generic (random pool documents). The first two are taken "
+        "at calibration_breadth times select.budget."
+    )
+    calibration_breadth: float = Field(
+        3.0, ge=1, description="How far down the selection's ranking the calibration text reaches, as a multiple "
+        "of select.budget (at most the whole pool; generic calibration ignores it): the documents nearest the seeds "
+        "share the seeds' style, so a wider reach brings in more of the forms a domain's text takes, which the kept "
+        "channels must also serve. The pruner reads calibration_samples windows from these documents in a seeded "
+        "random order."
     )
     calibration_samples: int = Field(
         256, ge=1, description="Calibration sequences the pruner reads (the least-squares refit gains from more)."

@@ -62,13 +62,17 @@ def curate(config: RunConfig, steps: CurationSteps = CurationSteps(), model: dic
 
 def calibration_text(config: RunConfig, refs: dict, curated_step: Callable = stages.curated) -> tuple[Ref, str]:
     """The text ``config.prune.calibration`` names, as a reference and file name, from a curation's ``refs`` (those
-    :func:`curate` returns): the pool (generic); the curated documents (curated); or, for curated_first_pass, the
-    documents the same selection keeps without its graph re-ranking, selected by ``curated_step`` from the vectors
-    the curation stored (the curated documents themselves where the selection does not re-rank)."""
+    :func:`curate` returns): the pool (generic); or the curation's selection, made again at
+    ``prune.calibration_breadth`` times its budget (at most the pool), without its graph re-ranking for
+    curated_first_pass. That selection is made by ``curated_step`` from the vectors the curation stored, unless it is
+    the curation's own."""
     if config.prune.calibration == "generic":
         return refs["pool"], DOCS_FILE
-    if config.prune.calibration == "curated" or not config.select.reranks:
+    budget = min(round(config.prune.calibration_breadth * config.select.budget), refs["pool"]["info"]["n_docs"])
+    select = config.select.model_copy(update={"budget": budget})
+    if config.prune.calibration == "curated_first_pass" and select.reranks:
+        select = select.model_copy(update={"manifold_alpha": 0.0})
+    if select == config.select:
         return refs["curated"], CURATED_FILE
-    first_pass = config.select.model_copy(update={"manifold_alpha": 0.0})
     return curated_step(config.output, refs["pool"], refs["seeds"], refs["vectors"], refs["corpus"]["eval_sets"],
-                        first_pass), CURATED_FILE
+                        select), CURATED_FILE

@@ -68,9 +68,10 @@ def test_tiny_flow_end_to_end_then_cached(tmp_path: Path, finescope, prefect_api
             assert storage.sha256_uri(storage.join(manifest[name]["uri"], rel)) == digest
     curated = pq.read_table(Path(manifest["curated"]["uri"]) / "curated.parquet")
     assert curated.num_rows == 20 and curated["rank"].to_pylist() == list(range(1, 21))
-    # pruning calibrates on the same selection before its graph re-ranking: a second selection, of the same size
+    # pruning calibrates on the same selection before its graph re-ranking, reaching calibration_breadth (3) times
+    # as far down the ranking: a second selection, of three times the budget
     assert manifest["calibration"]["uri"] != manifest["curated"]["uri"]
-    assert pq.read_table(Path(manifest["calibration"]["uri"]) / "curated.parquet").num_rows == 20
+    assert pq.read_table(Path(manifest["calibration"]["uri"]) / "curated.parquet").num_rows == 60
     assert (Path(manifest["sae"]["uri"]) / "layer-1" / "cfg.json").is_file()  # the one captured layer's SAE
     assert (Path(manifest["pruned"]["uri"]) / "model" / "config.json").is_file()
     assert not (Path(manifest["recovered"]["uri"]) / "checkpoint").exists()

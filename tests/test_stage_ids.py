@@ -68,6 +68,7 @@ AFFECTS: dict[str, set[str]] = {
         "refine_relative_lr", "precision", "calibration_samples", "calibration_tokens", "prune_heads", "width_multiple",
         "seed")},
     "prune.calibration": {"curated", "pruned"},  # curated_first_pass makes a second selection
+    "prune.calibration_breadth": {"curated", "pruned"},  # a selection at a larger budget
     **{f"distill.{name}": {"distilled"} for name in ("max_examples", "max_new_tokens", "generation_batch")},
     "recover.targets": {"recovered", "distilled", "report"},  # to curated: no rewrites made or reported
     "recover.checkpoints": set(),  # how often to save, not what is trained
@@ -84,7 +85,8 @@ AFFECTS: dict[str, set[str]] = {
 
 
 class Info(dict):
-    """A stage's summary as the flows and tasks read it: every figure 0."""
+    """A stage's summary as the flows and tasks read it: every figure 0, but a pool's size, which holds any budget
+    (the pruner's calibration selection reaches further down it)."""
 
     def __missing__(self, key: str) -> int:
         return 0
@@ -117,7 +119,7 @@ def recorded(monkeypatch, tmp_path: Path):
         (uri / "eval").mkdir(parents=True, exist_ok=True)  # the demo corpus's eval sets
         if name == "imported":  # a dataset's shards: the pool that the stages after it read
             work(str(uri))
-        return {"uri": str(uri), "fingerprint": fingerprint, "info": Info(layers=[1])}
+        return {"uri": str(uri), "fingerprint": fingerprint, "info": Info(layers=[1], n_docs=10**6)}
 
     def model_ref(cfg):
         calls.append(("model", storage.fingerprint(cfg.name)))
@@ -213,7 +215,7 @@ def test_each_config_field_is_in_the_ids_of_the_stages_it_changes(recorded, repo
         "data.demo.domains": ["medicine", "general"],
         "dump.layers": [1],
         "select.seeds": str(repo / "seeds" / "math.jsonl"), "eval.harness_tasks": ["arc_easy"],
-        "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786",
+        "sweep.ratios": [0.2], "runner.address": "tcp://127.0.0.1:8786", "prune.calibration_breadth": 2.0,
         # "auto" resolves by the machine: the other explicit arithmetic is a change on every machine
         **{f"{stage}.precision": "float32" if resolve_precision("auto", "cpu") == "bfloat16" else "bfloat16"
            for stage in ("prune", "recover")}}
@@ -247,7 +249,7 @@ def defaults_digest(stage: str) -> str:
 VERSIONED_DEFAULTS: dict[str, tuple[int, str]] = {
     "corpus": (1, "ea287ae55247"), "pool": (1, "73ab6a7a391f"), "seeds": (1, "980f073f7115"),
     "acts": (3, "a2a8ce972f6e"), "sae": (4, "1bc442fa8592"), "embeddings": (2, "a458261575d5"),
-    "sentences": (1, "cbe8200e646f"), "curated": (8, "012653fafad7"), "pruned": (18, "bfaaab98afb8"),
+    "sentences": (1, "cbe8200e646f"), "curated": (9, "57195558a945"), "pruned": (19, "b029023d7e1b"),
     "distilled": (2, "598f1f69a811"), "recovered": (3, "72c3647db395"), "eval": (2, "d1c501043055"),
     "speed": (1, "a7e3970dff56"), "report": (2, "2dbc006ba976"), "merged": (2, "44136fa355b3"),
     "imported": (1, "4cd73564abca"), "imported_eval": (1, "438d29bd1b2d"), "sweep": (1, "b27bf8a08426"),
