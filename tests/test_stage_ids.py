@@ -85,8 +85,8 @@ AFFECTS: dict[str, set[str]] = {
 
 
 class Info(dict):
-    """A stage's summary as the flows and tasks read it: every figure 0, but a pool's size, which holds any budget
-    (the pruner's calibration selection reaches further down it)."""
+    """A stage's summary as the flows and tasks read it: every figure 0 but its document count, set by the stub
+    to one that holds any budget (the pruner's calibration selection is capped at the pool's)."""
 
     def __missing__(self, key: str) -> int:
         return 0
