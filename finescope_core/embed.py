@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,25 +154,54 @@ def minilm_identity() -> str:
     return f"{MINILM_PACKAGE}=={importlib.metadata.version(MINILM_PACKAGE)}"
 
 
-_MINILM_MODELS: dict[str, object] = {}
+class _SentenceEncoder(NamedTuple):
+    tokenizer: object
+    model: torch.nn.Module
+    max_tokens: int
+
+
+_MINILM_MODELS: dict[str, _SentenceEncoder] = {}
 _MINILM_LOADING = threading.Lock()
 
 
-def _minilm(device: str):
-    """The sentence embedder on ``device``, loaded once per process even when shards embed on several threads."""
-    from sentence_transformers import SentenceTransformer
+def _minilm(device: str) -> _SentenceEncoder:
+    """The sentence embedder on ``device``, loaded once per process even when shards embed on several threads. Read
+    with transformers alone: its sentence-transformers layout (a BERT, then mean pooling, then L2 normalisation) is
+    checked here, and importing sentence-transformers would cost each process that embeds several seconds."""
+    from transformers import AutoModel, AutoTokenizer
 
     with _MINILM_LOADING:
         if device not in _MINILM_MODELS:
-            _MINILM_MODELS[device] = SentenceTransformer(str(minilm_folder()), device=device)
+            folder = minilm_folder()
+            layout = json.loads((folder / "modules.json").read_text())
+            modules = [module["type"].rsplit(".", 1)[-1] for module in layout]
+            pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+            if modules != ["Transformer", "Pooling", "Normalize"] or not pooling["pooling_mode_mean_tokens"]:
+                raise ValueError(f"{folder}: expected a transformer, mean pooling and normalisation, got {modules}")
+            max_tokens = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+            model = AutoModel.from_pretrained(folder).to(device).eval()
+            _MINILM_MODELS[device] = _SentenceEncoder(AutoTokenizer.from_pretrained(folder), model, max_tokens)
         return _MINILM_MODELS[device]
 
 
 def minilm_embeddings(texts: Sequence[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:
     """all-MiniLM-L6-v2 sentence embeddings (the hybrid's sentence embedder and a baseline), from the model shipped
-    in a PyPI package (loaded once per process and device: a pool is embedded shard by shard)."""
-    return _minilm(device).encode(list(texts), batch_size=batch_size, show_progress_bar=False,
-                                  convert_to_numpy=True)
+    in a PyPI package (loaded once per process and device: a pool is embedded shard by shard): the mean of each
+    text's last hidden states over its first ``max_seq_length`` tokens, L2-normalised, as sentence-transformers
+    computes it. Texts of similar length are batched together, so that little of a batch is padding."""
+    encoder = _minilm(device)
+    embedded = np.zeros((len(texts), encoder.model.config.hidden_size), dtype=np.float32)
+    longest_first = np.argsort([-len(text) for text in texts], kind="stable")
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            rows = longest_first[start:start + batch_size]
+            batch = encoder.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                      max_length=encoder.max_tokens, return_tensors="pt").to(device)
+            hidden = encoder.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            embedded[rows] = torch.nn.functional.normalize(mean, dim=-1).float().cpu().numpy()
+    return embedded
 
 
 def write_embeddings(doc_ids: Sequence[str], matrix: np.ndarray, uri: str, blocks: int = 1) -> None:

@@ -1,4 +1,5 @@
-"""Document embeddings from SAE codes: token pooling, idf weighting, power normalisation and joined layers."""
+"""Document embeddings: from SAE codes (token pooling, idf weighting, power normalisation, joined layers) and from
+the sentence embedder."""
 
 
 import numpy as np
@@ -41,3 +42,20 @@ def test_joined_layers_count_alike_whatever_the_scale_of_their_codes():
 def test_codes_that_do_not_split_into_the_layers_are_refused():
     with pytest.raises(ValueError, match="do not split into 2 equal layer blocks"):
         selection_vectors(np.ones((2, 5)), np.ones((1, 5)), "mean", 1.0, blocks=2)
+
+
+def test_sentence_embeddings_are_unit_vectors_of_each_text_alone_whatever_its_batch():
+    """A text's vector does not depend on the texts batched with it (padding is masked out of the mean), reads only
+    the embedder's first max_seq_length tokens, and has unit length; related texts are nearer than unrelated ones."""
+    from finescope_core.embed import _minilm, minilm_embeddings
+
+    limit = _minilm("cpu").max_tokens
+    texts = ["The patient's fever fell after a dose of paracetamol.", "A prime number has exactly two divisors.",
+             "Fever in a patient treated with paracetamol.", "word " * (2 * limit)]
+    together = minilm_embeddings(texts, batch_size=4)
+    alone = np.stack([minilm_embeddings([text])[0] for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(minilm_embeddings(["word " * (3 * limit)])[0], together[3], atol=1e-5)
+    assert together[0] @ together[2] > together[0] @ together[1] + 0.3
+    assert minilm_embeddings([]).shape == (0, together.shape[1])
