@@ -6,11 +6,12 @@ once into a cache folder, written to a temporary folder and renamed into place, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,10 +37,33 @@ def _package_dir(distribution: str, module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within the block, each GGUF file is parsed once. transformers parses a file anew for the tokenizer, the config
+    and the weights, and the parse is pure Python over every vocabulary entry: Gemma 3's 262k tokens take tens of
+    seconds each time. Reading a parsed file does not change it, so the three loads can share it."""
+    import gguf
+
+    parse, parsed = gguf.GGUFReader, {}
+
+    def parsed_once(path: str | Path, mode: str = "r") -> gguf.GGUFReader:
+        key = (str(Path(path).resolve()), mode)
+        if key not in parsed:
+            parsed[key] = parse(path, mode)
+        return parsed[key]
+
+    gguf.GGUFReader = parsed_once  # transformers imports it from gguf at each load
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = parse
+
+
 def _convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
     """Dequantise a GGUF checkpoint (``folder / gguf_file``) into a plain fp32 transformers folder."""
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     config = quantised.config.to_dict()
     config.pop("quantization_config", None)  # a dequantised model saves as plain fp32, not as GGUF
     config.pop("_name_or_path", None)

@@ -121,3 +121,22 @@ def test_models_load_from_several_threads_at_once(tiny_model: Path):
     with torch.no_grad():
         expected = loaded[0](input_ids=ids).logits
         assert all(torch.equal(model(input_ids=ids).logits, expected) for model in loaded[1:])
+
+
+def test_a_gguf_file_is_parsed_once_within_a_conversion(tmp_path: Path):
+    """transformers parses a GGUF file for the tokenizer, the config and the weights; within a conversion they share
+    one parse of each file, and outside it every parse is new again."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "model.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with models._gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and len(first.tensors) == 1
+    assert gguf.GGUFReader(path) is not first
