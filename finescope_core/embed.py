@@ -200,7 +200,7 @@ def minilm_embeddings(texts: Sequence[str], device: str = "cpu", batch_size: int
             hidden = encoder.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            embedded[rows] = torch.nn.functional.normalize(mean, dim=-1).float().cpu().numpy()
+            embedded[rows] = l2_normalise(mean.float().cpu().numpy())
     return embedded
 
 
