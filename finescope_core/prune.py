@@ -53,6 +53,7 @@ from finescope_core.refine_attention import attention_targets, refine_attention
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM")
 CALIBRATION_BATCH = 8  # sequences per forward in the layer-by-layer pass
+TOKENISE_BATCH = 64  # calibration texts tokenised at a time, until the windows are full
 
 
 @dataclass(frozen=True)
@@ -107,14 +108,21 @@ def calibration_sequences(tokenizer, texts: Sequence[str], n_samples: int, n_tok
     """Up to ``n_samples`` windows of ``n_tokens`` tokens [n, n_tokens], filled from the texts joined by EOS (a
     single shorter window when they hold fewer tokens than one). Each window opens with the token evaluation and
     recovery start every sequence with (BOS): a model trained with one puts outsized activations on a sequence's
-    first token, so windows that open mid-text would calibrate on states the model never has."""
+    first token, so windows that open mid-text would calibrate on states the model never has.
+
+    The texts are tokenised in order only until the windows are full: a wide calibration selection holds many more
+    tokens than the windows read, and tokenising all of it raised the pruner's peak memory."""
     if not texts:
         raise ValueError("the calibration set is empty: curate some documents or use prune.calibration=generic")
-    encoded = tokenizer([text + (tokenizer.eos_token or "") for text in texts], add_special_tokens=False)["input_ids"]
-    ids = [token for text_ids in encoded for token in text_ids]
+    prefix, body = prefix_token_id(tokenizer), n_tokens - 1
+    ids: list[int] = []
+    for start in range(0, len(texts), TOKENISE_BATCH):
+        if len(ids) >= n_samples * body:
+            break
+        batch = [text + (tokenizer.eos_token or "") for text in texts[start : start + TOKENISE_BATCH]]
+        ids += [token for text_ids in tokenizer(batch, add_special_tokens=False)["input_ids"] for token in text_ids]
     if not ids:
         raise ValueError("the calibration texts tokenise to nothing; give longer documents")
-    prefix, body = prefix_token_id(tokenizer), n_tokens - 1
     n_full = min(n_samples, len(ids) // body)
     if n_full == 0:
         return torch.tensor([[prefix, *ids]])

@@ -107,8 +107,23 @@ def test_refinement_rows_are_every_batch_s_mlp_inputs_in_order(tiny_model: Path)
         assert torch.allclose(refine.mlp_outputs(layer.mlp, rows), layer.mlp(rows), atol=1e-6)
 
 
+class CountingTokenizer:
+    """A tokenizer that records how many texts each call tokenises."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.batches = tokenizer, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts: list[str], **kwargs):
+        self.batches.append(len(texts))
+        return self.tokenizer(texts, **kwargs)
+
+
 def test_calibration_windows_open_like_evaluated_sequences(tiny_model: Path):
-    """Every window starts with the token evaluation starts sequences with, then continues the texts in order."""
+    """Every window starts with the token evaluation starts sequences with, then continues the texts in order; the
+    texts past the tokens the windows need are not tokenised."""
     tokenizer = load_tokenizer(tiny_model)
     texts = ["first text " * 20, "second text " * 20]
     windows = prune.calibration_sequences(tokenizer, texts, n_samples=3, n_tokens=16)
@@ -117,6 +132,12 @@ def test_calibration_windows_open_like_evaluated_sequences(tiny_model: Path):
     assert windows.shape == (3, 16)
     assert (windows[:, 0] == prefix_token_id(tokenizer)).all()
     assert windows[:, 1:].flatten().tolist() == stream[: 3 * 15]
+    many = [f"text number {i} " * 4 for i in range(prune.TOKENISE_BATCH * 3)]
+    counting = CountingTokenizer(tokenizer)
+    full = prune.calibration_sequences(counting, many, n_samples=3, n_tokens=16)
+    assert counting.batches == [prune.TOKENISE_BATCH]  # the texts after the windows are full are not tokenised
+    stream = tokenizer([t + tokenizer.eos_token for t in many], add_special_tokens=False)["input_ids"]
+    assert full[:, 1:].flatten().tolist() == [token for ids in stream for token in ids][: 3 * 15]
     short = prune.calibration_sequences(tokenizer, ["tiny"], n_samples=3, n_tokens=16)
     assert short.tolist() == [[prefix_token_id(tokenizer), *tokenizer("tiny" + tokenizer.eos_token,
                                                                       add_special_tokens=False)["input_ids"]]]
